@@ -1,0 +1,49 @@
+# nmt: every target sets itself up (virtual environment + editable install) on first use.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Which torch to install when none is importable yet. Elsewhere, set it to the build you need,
+# e.g. `make install TORCH_SPEC=torch` (newest, CUDA on Linux) or a CPU index wheel.
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+ARGS ?=
+
+.PHONY: help install train test test-all lint eval bench prepare clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+install: $(STAMP) ## create .venv and install nmt with its dev extra (reuses an installed torch)
+
+$(STAMP): pyproject.toml
+	@bash scripts/install.sh "$(PYTHON)" "$(VENV)" "$(TORCH_SPEC)"
+	@touch $@
+
+train: $(STAMP) ## train the default model on the bundled corpus, evaluate it, print a report (ARGS=overrides)
+	$(PY) -m nmt.train $(ARGS)
+
+prepare: $(STAMP) ## tokenize and cache the default corpus (ARGS=overrides)
+	$(PY) -m nmt.prepare $(ARGS)
+
+test: $(STAMP) ## run the default test suite (not slow)
+	$(PY) -m pytest -q $(ARGS)
+
+test-all: $(STAMP) ## run every test, slow ones included
+	$(PY) -m pytest -q -m "slow or not slow" $(ARGS)
+
+lint: $(STAMP) ## ruff + mypy
+	$(VENV)/bin/ruff check nmt tests scripts
+	$(VENV)/bin/ruff format --check nmt tests scripts
+	$(VENV)/bin/mypy
+
+eval: $(STAMP) ## score the default run's best checkpoint on the test set (RUN=dir)
+	$(PY) -m nmt.evaluate $(ARGS)
+
+bench: $(STAMP) ## training/decoding benchmark (ARGS="--corpus ../shared/corpora/lo.de-en ...")
+	$(PY) scripts/benchmark.py $(ARGS)
+
+clean: ## remove caches and outputs (keeps .venv)
+	rm -rf data/cache outputs multirun .pytest_cache .mypy_cache .ruff_cache

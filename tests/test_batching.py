@@ -1,0 +1,198 @@
+"""BucketBatchSampler: coverage, budget, determinism, epochs, resume, sharding; cut_batches and
+sort_pool against straightforward reference implementations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nmt.batching import BucketBatchSampler, cut_batches, sort_pool
+
+MAX_TOKENS = 200
+
+
+@pytest.fixture(scope="module")
+def lengths() -> tuple[np.ndarray, np.ndarray]:
+    """1500 pairs with correlated lengths, a few empty sources and a few over-budget ones."""
+    rng = np.random.default_rng(0)
+    src = rng.integers(1, 40, size=1500)
+    tgt = np.clip(src + rng.integers(-6, 7, size=1500), 1, None)
+    src[:5] = 0
+    src[5:8] = 250  # over max_tokens alone: each must form its own batch
+    return src.astype(np.int64), tgt.astype(np.int64)
+
+
+def sampler(
+    lengths: tuple[np.ndarray, np.ndarray],
+    shuffle: bool = True,
+    seed: int = 1,
+    max_sentences: int = 0,
+    pool_factor: int = 4,
+    num_replicas: int = 1,
+    rank: int = 0,
+) -> BucketBatchSampler:
+    src, tgt = lengths
+    return BucketBatchSampler(
+        src,
+        tgt,
+        MAX_TOKENS,
+        max_sentences=max_sentences,
+        shuffle=shuffle,
+        seed=seed,
+        pool_factor=pool_factor,
+        num_replicas=num_replicas,
+        rank=rank,
+    )
+
+
+def cells(batch: list[int], lens: np.ndarray, extra: int = 1) -> int:
+    return len(batch) * (int(lens[batch].max()) + extra)
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_every_index_once_per_epoch(lengths, shuffle):
+    s = sampler(lengths, shuffle=shuffle)
+    for epoch in (1, 2):
+        s.set_epoch(epoch)
+        n = len(s)  # of the current epoch: ask before iterating it
+        batches = list(s)
+        assert len(batches) == n
+        flat = sorted(i for b in batches for i in b)
+        assert flat == list(range(len(lengths[0])))
+
+
+@pytest.mark.parametrize("max_sentences", [0, 7])
+def test_budget_respected(lengths, max_sentences):
+    src, tgt = lengths
+    batches = list(sampler(lengths, max_sentences=max_sentences))
+    for b in batches:
+        if len(b) > 1:
+            assert cells(b, src) <= MAX_TOKENS and cells(b, tgt) <= MAX_TOKENS
+        if max_sentences:
+            assert len(b) <= max_sentences
+    for i in (5, 6, 7):  # over-long examples are alone
+        assert [i] in batches
+
+
+def test_same_seed_same_batches_and_epochs_differ(lengths):
+    a, b, c = sampler(lengths, seed=3), sampler(lengths, seed=3), sampler(lengths, seed=4)
+    first = list(a)
+    assert first == list(b)
+    assert first != list(c)
+    a.set_epoch(5)
+    b.set_epoch(5)
+    fifth = list(a)
+    assert fifth == list(b)
+    assert fifth != first
+
+
+def test_iterating_to_the_end_moves_to_next_epoch(lengths):
+    a, b = sampler(lengths), sampler(lengths)
+    list(a)
+    assert a.state_dict()["epoch"] == 2 and a.state_dict()["position"] == 0
+    b.set_epoch(2)
+    assert list(a) == list(b)
+
+
+def test_eval_mode_sorted_and_deterministic(lengths):
+    src, tgt = lengths
+    s = sampler(lengths, shuffle=False)
+    batches = list(s)
+    order = [i for b in batches for i in b]
+    reference = sorted(range(len(src)), key=lambda i: (src[i], tgt[i], i))
+    assert order == reference
+    s.set_epoch(7)
+    assert list(s) == batches
+
+
+def test_resume_mid_epoch_reproduces_the_rest(lengths):
+    full = sampler(lengths, seed=9)
+    full.set_epoch(3)
+    expected = list(full) + list(full)  # epoch 3, then epoch 4
+
+    run = sampler(lengths, seed=9)
+    run.set_epoch(3)
+    it = iter(run)
+    seen = [next(it) for _ in range(5)]
+    state = run.state_dict()
+    assert state["epoch"] == 3 and state["position"] == 5
+
+    resumed = sampler(lengths, seed=9)
+    resumed.load_state_dict(state)
+    resumed.set_epoch(3)  # a training loop may call this after loading: keeps the position
+    rest = list(resumed)
+    assert seen + rest == expected[: len(seen) + len(rest)]
+    assert resumed.state_dict()["epoch"] == 4
+    assert seen + rest + list(resumed) == expected
+
+
+def test_shards_disjoint_with_equal_counts(lengths):
+    n = 3
+    whole = sampler(lengths)
+    whole.set_epoch(2)
+    global_batches = list(whole)
+    shards = []
+    for rank in range(n):
+        s = sampler(lengths, num_replicas=n, rank=rank)
+        s.set_epoch(2)
+        n_batches = len(s)
+        shards.append(list(s))
+        assert len(shards[-1]) == n_batches
+    assert len({len(sh) for sh in shards}) == 1
+    assert len(shards[0]) == len(global_batches) // n
+    indices = [i for sh in shards for b in sh for i in b]
+    assert len(indices) == len(set(indices))  # disjoint
+    usable = global_batches[: n * (len(global_batches) // n)]
+    assert sorted(indices) == sorted(i for b in usable for i in b)
+    for rank in range(n):
+        assert shards[rank] == usable[rank::n]
+
+
+def test_cut_batches_greedy_maximal(lengths):
+    src, tgt = lengths
+    order = np.random.default_rng(1).permutation(len(src))
+    batches = cut_batches(order, src, tgt, MAX_TOKENS)
+    assert [i for b in batches for i in b] == order.tolist()  # consecutive, order kept
+    for b, nxt in zip(batches, batches[1:], strict=False):
+        grown = b + nxt[:1]  # the next example would have broken the budget
+        assert cells(grown, src) > MAX_TOKENS or cells(grown, tgt) > MAX_TOKENS
+        if len(b) > 1:
+            assert cells(b, src) <= MAX_TOKENS and cells(b, tgt) <= MAX_TOKENS
+
+
+def test_sort_pool(lengths):
+    src, tgt = lengths
+    pool = np.random.default_rng(2).permutation(len(src))[:600]
+    plain = sort_pool(pool, src, tgt, MAX_TOKENS, strip_factor=0)
+    position = {int(i): k for k, i in enumerate(pool)}
+    assert plain.tolist() == sorted(pool.tolist(), key=lambda i: (src[i], tgt[i], position[i]))
+
+    stripped = sort_pool(pool, src, tgt, MAX_TOKENS, strip_factor=2)
+    assert sorted(stripped.tolist()) == sorted(pool.tolist())
+    # reference: strips of 2 batches' worth of cost along the (src, tgt) order
+    cost = np.cumsum((np.maximum(src[plain], tgt[plain]) + 1) / MAX_TOKENS)
+    strip_of = {int(i): int(c // 2) for i, c in zip(plain, cost, strict=True)}
+    strips = [strip_of[int(i)] for i in stripped]
+    assert strips == sorted(strips)  # strips stay in source-length order
+    for k in set(strips):
+        members = [int(i) for i in stripped if strip_of[int(i)] == k]
+        keys = [(tgt[i], src[i]) if k % 2 == 0 else (-tgt[i], src[i]) for i in members]
+        assert keys == sorted(keys)
+
+
+def test_bucketing_pads_less_than_random(lengths):
+    src, tgt = lengths
+
+    def pad_fraction(batches: list[list[int]], lens: np.ndarray) -> float:
+        total = sum(cells(b, lens) for b in batches)
+        return 1 - sum(int(lens[b].sum()) + len(b) for b in batches) / total
+
+    bucketed = list(sampler(lengths, pool_factor=50))
+    random = cut_batches(np.random.default_rng(0).permutation(len(src)), src, tgt, MAX_TOKENS)
+    for lens in (src, tgt):
+        assert pad_fraction(bucketed, lens) < 0.5 * pad_fraction(random, lens)
+
+
+def test_state_dict_is_plain_python(lengths):
+    state = sampler(lengths).state_dict()
+    assert all(isinstance(v, int | bool) for v in state.values())
