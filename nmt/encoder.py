@@ -1,0 +1,92 @@
+"""Source encoder: embeddings + multi-layer (bi-)LSTM over packed sequences.
+
+Shapes: B batch, S source length (padded), E embedding size, H hidden size per direction,
+L layers, D directions (2 bidirectional, 1 otherwise).
+
+Packing is what makes the final states right: on a padded batch without packing, the forward
+direction's final state is the state after the padding, and the backward direction starts on
+padding. ``pack_padded_sequence(..., enforce_sorted=False)`` runs every sentence only over its
+real tokens (in any order; PyTorch sorts and restores the batch order itself), so ``h_n`` is
+the forward state at the last real token and the backward state at position 0, and
+``pad_packed_sequence`` writes exactly ``0.0`` at every padded position.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+
+class EncoderOutput(NamedTuple):
+    """What the encoder hands to the bridge and the attention."""
+
+    outputs: Tensor  # (B, S, D*H) top-layer outputs, exactly 0 at padded positions
+    h: Tensor  # (L*D, B, H) final hidden states in nn.LSTM order (layer-major, then direction)
+    c: Tensor  # (L*D, B, H) final cell states
+    mask: Tensor  # (B, S) bool, True at real tokens
+
+
+def lengths_to_mask(lengths: Tensor, max_len: int, device: torch.device) -> Tensor:
+    """(B,) lengths -> (B, S=max_len) bool mask, True at positions < length.
+
+    ``lengths`` may live on the CPU; the copy to ``device`` is asynchronous (no host sync).
+    """
+    positions = torch.arange(max_len, device=device)  # (S,)
+    return positions[None, :] < lengths.to(device, non_blocking=True)[:, None]  # (B, S)
+
+
+class Encoder(nn.Module):
+    """Embedding -> dropout -> L-layer (bi-)LSTM (dropout between layers) on packed input."""
+
+    def __init__(
+        self,
+        vocab_size: int,
+        emb_size: int,
+        hidden_size: int,
+        num_layers: int,
+        bidirectional: bool,
+        dropout: float,
+        pad_id: int,
+        embedding: nn.Embedding | None = None,
+    ) -> None:
+        """``embedding``: pass a module to share it (tied source/target embeddings)."""
+        super().__init__()
+        self.pad_id = pad_id
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.num_directions = 2 if bidirectional else 1
+        self.output_size = self.num_directions * hidden_size
+        self.embedding = (
+            embedding if embedding is not None else nn.Embedding(vocab_size, emb_size, pad_id)
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.rnn = nn.LSTM(
+            emb_size,
+            hidden_size,
+            num_layers=num_layers,
+            batch_first=True,
+            bidirectional=bidirectional,
+            dropout=dropout if num_layers > 1 else 0.0,
+        )
+
+    def forward(self, src: Tensor, src_lengths: Tensor) -> EncoderOutput:
+        """Encode a padded batch.
+
+        src: (B, S) int64 token ids, padded after the real tokens.
+        src_lengths: (B,) int64 real lengths (>= 1), preferably on the CPU (packing needs them
+        there; any order is accepted).
+        """
+        max_len = src.size(1)
+        emb = self.dropout(self.embedding(src))  # (B, S, E)
+        packed = pack_padded_sequence(
+            emb, src_lengths.cpu(), batch_first=True, enforce_sorted=False
+        )
+        packed_out, (h, c) = self.rnn(packed)  # h, c: (L*D, B, H), back in batch order
+        outputs, _ = pad_packed_sequence(
+            packed_out, batch_first=True, padding_value=0.0, total_length=max_len
+        )  # (B, S, D*H)
+        mask = lengths_to_mask(src_lengths, max_len, src.device)  # (B, S)
+        return EncoderOutput(outputs=outputs, h=h, c=c, mask=mask)
