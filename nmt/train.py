@@ -1,0 +1,105 @@
+"""``python -m nmt.train key=value ...``: compose the Hydra config, train, report.
+
+The only Hydra-aware part of training: compose, convert to the typed ``TrainConfig``, call
+``nmt.trainer.train``. Bad input ends with a one-line ``error: ...`` and exit status 2; an
+interrupted run exits with 128 + the signal number after saving ``last.pt``.
+
+Under torchrun every rank runs this entry point and composes the same config. Only rank 0
+keeps Hydra's output (``.hydra/``, ``train.log``) and prints the report; the other ranks write
+nothing under the run directory, log warnings to stderr, and take rank 0's output directory
+(with the default timestamped ``hydra.run.dir`` their own clocks could name another one).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from nmt.config import TrainConfig
+
+ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+log = logging.getLogger("nmt.train")
+
+
+def report(results: dict, cfg: TrainConfig) -> str:
+    """The short text printed when a run ends."""
+    out = Path(results["out_dir"])
+    lines = [
+        "",
+        "=" * 72,
+        f"nmt: training finished ({results['stop_reason']})",
+        f"  updates {results['updates']}, epochs {results['epochs']}, "
+        f"training time {results['train_time_s'] / 60:.1f} min",
+    ]
+    test = results.get("test")
+    if test:
+        lines += [
+            f"  test BLEU {test['bleu']:.2f}  ({test['bleu_signature']})",
+            f"  test chrF {test['chrf']:.2f}  ({test['chrf_signature']})",
+            f"  beam {test['beam_size']}, checkpoint {test['checkpoint']}",
+            f"  translations: {test['translations']}",
+        ]
+    lines += [
+        f"  checkpoints:  {out}/best.pt, {out}/last.pt",
+        f"  TensorBoard:  tensorboard --logdir {out}/tensorboard",
+        f"  translate:    python -m nmt.translate ckpt={out}/best.pt input=FILE output=OUT",
+        f"  resume:       python -m nmt.train resume={out}/last.pt",
+        "=" * 72,
+    ]
+    return "\n".join(lines)
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="train")
+def main(dcfg: DictConfig) -> None:
+    from nmt import distributed as dist_utils
+    from nmt.checkpoint import CheckpointError
+    from nmt.data import DataError
+    from nmt.trainer import TrainingError, TrainingInterrupted, train
+
+    cfg: TrainConfig = OmegaConf.to_object(dcfg)  # type: ignore[assignment]
+    out_dir = Path(cfg.out_dir or HydraConfig.get().runtime.output_dir)
+    ctx = dist_utils.DistContext()
+    try:
+        # join torchrun's process group here (train() reuses it and leaves it when done)
+        ctx = dist_utils.init(cfg.device, cfg.trainer.dist_timeout_s)
+        if ctx.rank != 0:
+            logging.basicConfig(
+                level=logging.WARNING,
+                format=f"[rank {ctx.rank}] %(levelname)s %(name)s: %(message)s",
+                stream=sys.stderr,
+                force=True,
+            )
+        out_dir = Path(dist_utils.broadcast_object(ctx, str(out_dir)))
+        results = train(cfg, out_dir)
+    except (DataError, CheckpointError, TrainingError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except TrainingInterrupted as e:
+        if ctx.rank == 0:
+            print(
+                f"interrupted: saved {e.path}; resume with: python -m nmt.train resume={e.path}",
+                file=sys.stderr,
+            )
+        sys.exit(128 + e.signum)
+    if ctx.rank == 0:
+        print(report(results, cfg), flush=True)
+
+
+def worker_overrides() -> list[str]:
+    """Extra Hydra overrides for torchrun ranks other than 0: no ``.hydra/``, no log file, no
+    run directory of their own (they use rank 0's, see ``main``)."""
+    if os.environ.get("RANK", "0") == "0":  # torchrun's variable; absent in a plain run
+        return []
+    return ["hydra.output_subdir=null", "hydra/job_logging=none", "hydra.run.dir=."]
+
+
+if __name__ == "__main__":
+    sys.argv += worker_overrides()
+    main()
