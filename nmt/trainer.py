@@ -32,7 +32,7 @@ from nmt.batching import BucketBatchSampler
 from nmt.checkpoint import CheckpointError, load_checkpoint, model_payload, save_checkpoint
 from nmt.config import TrainConfig
 from nmt.data import Batch, ParallelDataset, Prepared, collate, prepare
-from nmt.loss import label_smoothed_nll
+from nmt.loss import smoothed_loss_and_nll
 from nmt.metrics import score
 from nmt.model import Seq2Seq, build_model
 from nmt.monitor import Monitor
@@ -167,10 +167,7 @@ class Criterion(nn.Module):
         real = tgt_out != self.model.pad_id  # (B, T)
         logits = self.model.logits(states[real])  # (N, H) -> (N, V)
         target = tgt_out[real]  # (N,)
-        loss, _ = label_smoothed_nll(logits, target, self.smoothing)
-        with torch.no_grad():
-            nll = torch.nn.functional.cross_entropy(logits.float(), target, reduction="sum")
-        return loss, nll
+        return smoothed_loss_and_nll(logits, target, self.smoothing)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -59,3 +59,19 @@ def test_empty_and_invalid() -> None:
     assert n == 0 and loss.item() == 0.0
     with pytest.raises(ValueError, match="label smoothing"):
         label_smoothed_nll(*make(), 1.0)
+
+
+def test_reported_nll_is_plain_cross_entropy_under_smoothing() -> None:
+    from nmt.loss import smoothed_loss_and_nll
+
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(9, 13, generator=g)
+    target = torch.randint(0, 13, (9,), generator=g)
+    loss, nll = smoothed_loss_and_nll(logits, target, 0.2)
+    ref_nll = torch.nn.functional.cross_entropy(logits, target, reduction="sum")
+    ref_loss = torch.nn.functional.cross_entropy(
+        logits, target, reduction="sum", label_smoothing=0.2
+    )
+    torch.testing.assert_close(nll, ref_nll)
+    torch.testing.assert_close(loss, ref_loss)
+    assert not nll.requires_grad
