@@ -1,0 +1,155 @@
+"""scripts/benchmark.py --quick end to end on a tiny corpus, and its FLOP count by hand."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+
+from nmt.config import ModelConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "benchmark.py"
+
+
+def load_script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("benchmark", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["benchmark"] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    return load_script()
+
+
+def test_flops_by_hand(bench: ModuleType) -> None:
+    """One sentence, source 3 and target 2 tokens, a 1-layer model small enough to count."""
+    m = ModelConfig(
+        emb_size=4,
+        enc_hidden=3,
+        enc_layers=1,
+        bidirectional=True,
+        dec_hidden=5,
+        dec_layers=1,
+        attention="general",
+        input_feeding=True,
+        bridge="learned",
+    )
+    s, t, v = 3, 2, 7
+    encoder = s * 2 * 8 * 3 * (4 + 3)  # two directions
+    keys = s * 2 * 6 * 5  # Dv=6 -> Hd=5
+    bridge = 1 * 1 * 2 * 2 * 6 * 5  # h and c
+    decoder = t * 8 * 5 * ((4 + 5) + 5)  # input feeding: E + Hd
+    attend = t * s * (2 * 5 + 2 * 6)
+    combine = t * 2 * (5 + 6) * 5
+    output = t * 2 * 5 * v
+    expected = encoder + keys + bridge + decoder + attend + combine + output
+    got = bench.forward_flops(m, v, np.array([s]), np.array([t]))
+    assert got == expected
+    # two sentences cost the sum of each alone (attention counts real pairs only)
+    two = bench.forward_flops(m, v, np.array([3, 1]), np.array([2, 4]))
+    one = bench.forward_flops(m, v, np.array([3]), np.array([2]))
+    other = bench.forward_flops(m, v, np.array([1]), np.array([4]))
+    assert two == pytest.approx(one + other)
+
+
+def test_reference_model_is_about_70_mflop_per_target_token(bench: ModuleType) -> None:
+    """The issue's figure: ~70 MFLOP per target token for the reference model, 8k vocab."""
+    m = ModelConfig(input_feeding=True)
+    lengths = np.full(100, 21)
+    per_token = 3 * bench.forward_flops(m, 8000, lengths, lengths) / lengths.sum()
+    assert 60e6 < per_token < 80e6
+
+
+def test_plan_arms_shares_the_base_run(bench: ModuleType) -> None:
+    base = bench.Arm(input_feeding=True, precision="fp32")
+    arms, pairs = bench.plan_arms(base, ["input_feeding", "precision", "packing"])
+    assert arms[0] == base
+    assert len(arms) == len(set(arms)) == 4  # base + fast path + bf16 + padded
+    by_name = {name: (a, b) for name, a, b in pairs}
+    assert by_name["input_feeding"] == (bench.Arm(precision="fp32"), base)
+    assert by_name["precision"] == (bench.Arm(input_feeding=True, precision="bf16"), base)
+
+
+def test_quick_run(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for split, n in {"train": 200, "dev": 20, "test": 20}.items():
+        for lang in ("es", "en"):
+            lines = (ROOT / "data/demo.es-en" / f"{split}.{lang}").read_text(encoding="utf-8")
+            (corpus / f"{split}.{lang}").write_text(
+                "\n".join(lines.splitlines()[:n]) + "\n", encoding="utf-8"
+            )
+    out_json, out_md = tmp_path / "bench.json", tmp_path / "bench.md"
+    cmd = [
+        sys.executable,
+        str(SCRIPT),
+        "--quick",
+        "--corpus",
+        str(corpus),
+        "--src",
+        "es",
+        "--tgt",
+        "en",
+        "--threads",
+        "1",
+        "--decode-sentences",
+        "10",
+        "--out-json",
+        str(out_json),
+        "--out-md",
+        str(out_md),
+        f"data.cache_dir={tmp_path / 'cache'}",
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out_json.read_text())
+
+    assert report["command"].startswith("python scripts/benchmark.py --quick")
+    assert report["machine"]["threads"] == 1 and report["machine"]["torch"]
+    assert report["config"]["model"]["enc_hidden"] == 32  # model=tiny
+    assert report["peak"]["fp32"]["gflop_s"] > 0
+    runs = report["runs"]
+    assert sum(r["base"] for r in runs) == 1 and runs[0]["base"]
+    # base + random batching + input feeding + padded encoder + bf16; compile left out
+    assert len(runs) == 5
+    for run in runs:
+        r = run["result"]
+        assert "error" not in r, r
+        assert r["tgt_tokens_per_s"] > 0 and r["updates_per_s"] > 0
+        assert r["src_tgt_tokens_per_s"] > r["tgt_tokens_per_s"]
+        assert 0 <= r["pad_fraction"] < 1 and 0 <= r["pad_fraction_tgt"] < 1
+        assert 0 < r["mfu"] < 1
+        assert r["peak_rss_mb"] >= r["rss_before_training_mb"] > 0
+        assert r["skipped_updates"] == 0 and np.isfinite(r["loss_per_token"])
+        assert len(r["repeat_seconds"]) == report["repeats"] == 2
+    by_label = {r["label"]: r["result"] for r in runs}
+    bucketed = by_label["bucketed, fast path, packed encoder, fp32, eager"]
+    random = by_label["random, fast path, packed encoder, fp32, eager"]
+    assert random["pad_fraction"] > bucketed["pad_fraction"]
+
+    names = {a["name"] for a in report["ablations"]}
+    assert names == {"batching", "input_feeding", "packing", "precision"}
+    for ab in report["ablations"]:
+        assert ab["ratio"] > 0
+        assert ab["ratio"] == pytest.approx(ab["a_tgt_tokens_per_s"] / ab["b_tgt_tokens_per_s"])
+
+    dec = report["decode"]
+    assert dec["sentences"] == 10 and dec["max_tokens"] == report["config"]["decode"]["max_tokens"]
+    for name in ("greedy", "beam5"):
+        assert dec[name]["sentences_per_s"] > 0 and dec[name]["tokens_per_s"] >= 0
+
+    md = out_md.read_text()
+    assert md.startswith("# nmt benchmark") and report["command"] in md
+    for heading in ("## Training", "## Decoding", "## Ablations"):
+        assert heading in md
