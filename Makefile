@@ -10,6 +10,8 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 ARGS ?=
+RUN ?= runs/default
+EXPERIMENT ?= default
 
 .PHONY: help install train test test-all lint eval bench prepare clean
 
@@ -22,8 +24,8 @@ $(STAMP): pyproject.toml
 	@bash scripts/install.sh "$(PYTHON)" "$(VENV)" "$(TORCH_SPEC)"
 	@touch $@
 
-train: $(STAMP) ## train the default model on the bundled corpus, evaluate it, print a report (ARGS=overrides)
-	$(PY) -m nmt.train $(ARGS)
+train: $(STAMP) ## train the default model on the bundled corpus, evaluate, report (RUN=dir ARGS=overrides)
+	$(PY) -m nmt.train experiment=$(EXPERIMENT) hydra.run.dir=$(RUN) $(ARGS)
 
 prepare: $(STAMP) ## tokenize and cache the default corpus (ARGS=overrides)
 	$(PY) -m nmt.prepare $(ARGS)
@@ -39,8 +41,9 @@ lint: $(STAMP) ## ruff + mypy
 	$(VENV)/bin/ruff format --check nmt tests scripts
 	$(VENV)/bin/mypy
 
-eval: $(STAMP) ## score the default run's best checkpoint on the test set (RUN=dir)
-	$(PY) -m nmt.evaluate $(ARGS)
+eval: $(STAMP) ## score the default run's best checkpoint on the lo.de-en test set (RUN=dir)
+	$(PY) -m nmt.evaluate ckpt=$(RUN)/best.pt src=data/lo.de-en/test.de ref=data/lo.de-en/test.en \
+		json_output=$(RUN)/eval.json hyp_output=$(RUN)/eval.hyp.en $(ARGS)
 
 bench: $(STAMP) ## training/decoding benchmark (ARGS="--corpus ../shared/corpora/lo.de-en ...")
 	$(PY) scripts/benchmark.py $(ARGS)
