@@ -57,6 +57,8 @@ class ModelConfig:
     tie_embeddings: bool = False  # source and target share embeddings (joint vocabulary only)
     init: str = "uniform"  # uniform | xavier
     init_scale: float = 0.1
+    # LSTM implementation: auto (nmt's packed loop on the CPU, torch/cuDNN on CUDA) | torch | nmt
+    rnn_impl: str = "auto"
 
 
 @dataclass

@@ -35,9 +35,12 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from nmt.attention import Attention, Memory
+from nmt.lstm import SharedWeight, lstm_cell, packed_lstm
 
 BRIDGE_MODES = ("learned", "copy", "zero")
 
@@ -139,9 +142,19 @@ class Decoder(nn.Module):
         dropout: float,
         pad_id: int,
         embedding: nn.Embedding | None = None,
+        rnn_impl: str = "auto",
     ) -> None:
-        """``memory_size`` is Dv, the encoder output size; ``embedding`` shares a module."""
+        """``memory_size`` is Dv, the encoder output size; ``embedding`` shares a module.
+
+        ``rnn_impl`` (teacher forcing only; incremental ``step`` always uses ``nn.LSTM``):
+        ``torch`` runs ``nn.LSTM`` (one call on the fast path, one per step otherwise);
+        ``nmt`` runs ``nmt.lstm``'s packed recurrence on the fast path and, with input
+        feeding or Bahdanau wiring, a step loop with fused cells and per-sequence weight
+        gradients; ``auto`` picks ``nmt`` on the CPU and ``torch`` elsewhere.
+        """
         super().__init__()
+        self.pad_id = pad_id
+        self.rnn_impl = rnn_impl
         self.hidden_size = hidden_size
         self.num_layers = num_layers
         self.input_feeding = input_feeding
@@ -177,14 +190,22 @@ class Decoder(nn.Module):
 
         tgt_in: (B, T) int64 ([bos] + ids, padded). Returns the attentional states after
         dropout (B, T, Hd) and the attention weights (B, T, S). Positions after a row's end
-        (padding) get outputs too; they never influence the real positions before them.
+        (padding) get outputs too (the LSTM output there is 0 with ``rnn_impl`` nmt on the
+        fast path, the state run on over padding otherwise); they never influence the real
+        positions before them.
         """
         emb = self.dropout(self.embedding(tgt_in))  # (B, T, E)
+        ours = self.rnn_impl == "nmt" or (self.rnn_impl == "auto" and tgt_in.device.type == "cpu")
         if self.fast_path:
-            out, _ = self.rnn(emb, (state.h, state.c))  # (B, T, Hd)
+            if ours:
+                out = self._packed_rnn(emb, tgt_in, state)  # (B, T, Hd), 0 after each row's end
+            else:
+                out, _ = self.rnn(emb, (state.h, state.c))  # (B, T, Hd)
             context, weights = self.attention(out, memory)  # (B, T, Dv), (B, T, S)
             att = torch.tanh(self.combine(torch.cat([out, context], dim=-1)))  # (B, T, Hd)
             return self.dropout(att), weights
+        if ours:
+            return self._loop(emb, state, memory)
         atts: list[Tensor] = []
         all_weights: list[Tensor] = []
         for t in range(tgt_in.size(1)):
@@ -193,6 +214,77 @@ class Decoder(nn.Module):
             all_weights.append(weights_t)
         att = torch.stack(atts, dim=1)  # T x (B, Hd) -> (B, T, Hd)
         return self.dropout(att), torch.stack(all_weights, dim=1)  # T x (B, S) -> (B, T, S)
+
+    def _packed_rnn(self, emb: Tensor, tgt_in: Tensor, state: DecoderState) -> Tensor:
+        """The fast path's LSTM with ``nmt.lstm.packed_lstm`` over the real positions only.
+
+        emb (B, T, E), tgt_in (B, T) -> outputs (B, T, Hd), exactly 0 after each row's end.
+        """
+        lengths = (tgt_in != self.pad_id).sum(dim=1).cpu()  # (B,) >= 1 (bos)
+        packed = pack_padded_sequence(emb, lengths, batch_first=True, enforce_sorted=False)
+        assert packed.sorted_indices is not None
+        order = packed.sorted_indices
+        sorted_lengths = lengths[order.cpu()].tolist()
+        initial = (state.h.index_select(1, order), state.c.index_select(1, order))
+        data, _, _ = packed_lstm(
+            self.rnn, packed.data, packed.batch_sizes.tolist(), sorted_lengths, initial
+        )
+        out = PackedSequence(
+            data, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices
+        )
+        padded, _ = pad_packed_sequence(out, batch_first=True, total_length=tgt_in.size(1))
+        return padded  # (B, T, Hd)
+
+    def _loop(self, emb: Tensor, state: DecoderState, memory: Memory) -> tuple[Tensor, Tensor]:
+        """Teacher forcing step by step (input feeding / Bahdanau), same maths as ``_step``.
+
+        Work that does not depend on the previous step is done for all steps at once (the
+        bottom layer's embedding projection, one matmul); each step's matmuls use
+        ``SharedWeight`` (one weight-gradient matmul per batch instead of one per step) and
+        ``lstm_cell`` (one autograd node per cell). Returns what ``forward`` returns.
+        """
+        rnn = self.rnn
+        emb_size = emb.size(-1)
+        w_ih0 = rnn.get_parameter("weight_ih_l0")  # (4Hd, E [+ Hd] [+ Dv])
+        w_hh0 = rnn.get_parameter("weight_hh_l0")
+        bias0 = rnn.get_parameter("bias_ih_l0") + rnn.get_parameter("bias_hh_l0")
+        x_emb = F.linear(emb, w_ih0[:, :emb_size], bias0)  # (B, T, 4Hd)
+        recurrent = [SharedWeight(torch.cat([w_ih0[:, emb_size:], w_hh0], dim=1))]
+        biases: list[Tensor] = [x_emb.new_zeros(())]
+        for layer in range(1, self.num_layers):
+            w = torch.cat(
+                [getattr(rnn, f"weight_ih_l{layer}"), getattr(rnn, f"weight_hh_l{layer}")], 1
+            )
+            recurrent.append(SharedWeight(w))
+            biases.append(getattr(rnn, f"bias_ih_l{layer}") + getattr(rnn, f"bias_hh_l{layer}"))
+        combine = SharedWeight(self.combine.weight)  # (Hd, Hd + Dv), no bias
+        hs, cs = list(state.h.unbind(0)), list(state.c.unbind(0))  # Ld x (B, Hd)
+        att_prev = state.att
+        atts: list[Tensor] = []
+        all_weights: list[Tensor] = []
+        for t in range(emb.size(1)):
+            inputs: list[Tensor] = []
+            if self.input_feeding:
+                inputs.append(att_prev)  # (B, Hd)
+            context: Tensor | None = None
+            if self.attend_first:
+                context, weights = self.attention(hs[-1][:, None, :], memory)  # (B, 1, Dv)
+                inputs.append(context[:, 0])
+            x = x_emb[:, t]  # (B, 4Hd) embedding part of the bottom layer's gates
+            for layer in range(self.num_layers):
+                if layer > 0:
+                    below = F.dropout(hs[layer - 1], rnn.dropout, self.training)
+                    inputs, x = [below], biases[layer]
+                gates = x + recurrent[layer](torch.cat([*inputs, hs[layer]], dim=-1))
+                hs[layer], cs[layer] = lstm_cell(gates, cs[layer])
+            out = hs[-1]  # (B, Hd)
+            if context is None:
+                context, weights = self.attention(out[:, None, :], memory)  # (B, 1, Dv)
+            att_prev = torch.tanh(combine(torch.cat([out, context[:, 0]], dim=-1)))  # (B, Hd)
+            atts.append(att_prev)
+            all_weights.append(weights[:, 0])  # (B, S)
+        att = torch.stack(atts, dim=1)  # T x (B, Hd) -> (B, T, Hd)
+        return self.dropout(att), torch.stack(all_weights, dim=1)  # (B, T, S)
 
     def step(
         self, prev: Tensor, state: DecoderState, memory: Memory

@@ -17,7 +17,11 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from nmt.lstm import packed_lstm
+
+RNN_IMPLS = ("auto", "torch", "nmt")
 
 
 class EncoderOutput(NamedTuple):
@@ -51,9 +55,18 @@ class Encoder(nn.Module):
         dropout: float,
         pad_id: int,
         embedding: nn.Embedding | None = None,
+        rnn_impl: str = "auto",
     ) -> None:
-        """``embedding``: pass a module to share it (tied source/target embeddings)."""
+        """``embedding``: pass a module to share it (tied source/target embeddings).
+
+        ``rnn_impl``: ``torch`` runs ``nn.LSTM`` on the PackedSequence; ``nmt`` runs the same
+        parameters through ``nmt.lstm.packed_lstm`` (same function, faster on the CPU);
+        ``auto`` picks ``nmt`` on the CPU and ``torch`` (cuDNN) elsewhere.
+        """
         super().__init__()
+        if rnn_impl not in RNN_IMPLS:
+            raise ValueError(f"unknown rnn_impl {rnn_impl!r}; expected one of {RNN_IMPLS}")
+        self.rnn_impl = rnn_impl
         self.pad_id = pad_id
         self.hidden_size = hidden_size
         self.num_layers = num_layers
@@ -84,9 +97,28 @@ class Encoder(nn.Module):
         packed = pack_padded_sequence(
             emb, src_lengths.cpu(), batch_first=True, enforce_sorted=False
         )
-        packed_out, (h, c) = self.rnn(packed)  # h, c: (L*D, B, H), back in batch order
+        if self.rnn_impl == "nmt" or (self.rnn_impl == "auto" and src.device.type == "cpu"):
+            packed_out, (h, c) = self._packed_lstm(packed, src_lengths)
+        else:
+            packed_out, (h, c) = self.rnn(packed)  # h, c: (L*D, B, H), back in batch order
         outputs, _ = pad_packed_sequence(
             packed_out, batch_first=True, padding_value=0.0, total_length=max_len
         )  # (B, S, D*H)
         mask = lengths_to_mask(src_lengths, max_len, src.device)  # (B, S)
         return EncoderOutput(outputs=outputs, h=h, c=c, mask=mask)
+
+    def _packed_lstm(
+        self, packed: PackedSequence, src_lengths: Tensor
+    ) -> tuple[PackedSequence, tuple[Tensor, Tensor]]:
+        """``self.rnn(packed)`` computed by ``packed_lstm``; same outputs and batch order."""
+        assert packed.sorted_indices is not None and packed.unsorted_indices is not None
+        sorted_lengths = src_lengths.cpu()[packed.sorted_indices.cpu()].tolist()
+        data, h, c = packed_lstm(self.rnn, packed.data, packed.batch_sizes.tolist(), sorted_lengths)
+        out = PackedSequence(
+            data, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices
+        )
+        # (L*D, B, H) in sorted order -> batch order
+        return out, (
+            h.index_select(1, packed.unsorted_indices),
+            c.index_select(1, packed.unsorted_indices),
+        )

@@ -23,9 +23,12 @@ ConfigStore.instance().store(name="evaluate_schema", node=EvaluateConfig)
 def run(cfg: EvaluateConfig) -> dict:
     from nmt.checkpoint import load_for_decoding
     from nmt.metrics import score
+    from nmt.runtime import tune_malloc
     from nmt.search import translate_lines
     from nmt.trainer import pick_device
     from nmt.translate import InputError, read_lines, write_lines
+
+    tune_malloc()
 
     src, ref = read_lines(cfg.src), read_lines(cfg.ref)
     if len(src) != len(ref):

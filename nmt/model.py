@@ -158,6 +158,7 @@ def build_model(cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int, pad_
         dropout=cfg.dropout,
         pad_id=pad_id,
         embedding=shared,
+        rnn_impl=cfg.rnn_impl,
     )
     bridge = Bridge(
         mode=cfg.bridge,
@@ -178,6 +179,7 @@ def build_model(cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int, pad_
         dropout=cfg.dropout,
         pad_id=pad_id,
         embedding=shared,
+        rnn_impl=cfg.rnn_impl,
     )
     model = Seq2Seq(encoder, bridge, decoder, tie_output=cfg.tie_output, pad_id=pad_id)
     init_parameters(model, cfg.init, cfg.init_scale)

@@ -37,6 +37,7 @@ from nmt.metrics import score
 from nmt.model import Seq2Seq, build_model
 from nmt.monitor import Monitor
 from nmt.optim import Scheduler, build_optimizer, build_scheduler
+from nmt.runtime import tune_malloc
 from nmt.search import translate_lines
 
 log = logging.getLogger(__name__)
@@ -350,6 +351,7 @@ def train(cfg: TrainConfig, out_dir: Path) -> dict[str, Any]:
     tcfg, ocfg = cfg.trainer, cfg.optim
     if tcfg.num_threads > 0:
         torch.set_num_threads(tcfg.num_threads)
+    tune_malloc()
     if tcfg.precision not in ("fp32", "bf16", "fp16"):
         raise TrainingError(f"trainer.precision: unknown '{tcfg.precision}' (fp32 | bf16 | fp16)")
     if tcfg.precision == "fp16" and device.type != "cuda":

@@ -54,9 +54,11 @@ def write_lines(path: str, lines: list[str]) -> None:
 
 def run(cfg: TranslateConfig) -> None:
     from nmt.checkpoint import load_for_decoding
+    from nmt.runtime import tune_malloc
     from nmt.search import translate_lines
     from nmt.trainer import pick_device
 
+    tune_malloc()
     device = pick_device(cfg.device)
     model, tokenizer = load_for_decoding(cfg.ckpt, device)
     lines = read_lines(cfg.input)

@@ -434,9 +434,12 @@ def measure_training(update: Any, spec: dict[str, Any], device: torch.device) ->
 def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     """One training run (and, for the base run, the decoding measurements) in this process."""
     from nmt.data import prepare
+    from nmt.runtime import tune_malloc
     from nmt.trainer import seed_everything
 
     torch.set_num_threads(spec["threads"])
+    if spec.get("malloc_tuning", True):
+        tune_malloc()
     device = torch.device(spec["device"])
     arm = Arm(**spec["arm"])
     cfg = compose_config(spec["overrides"])

@@ -136,8 +136,9 @@ def test_forward_equals_looping_step(attention: str, input_feeding: bool) -> Non
         out, weights = decoder(tgt_in, state, memory)
         ref_out, ref_weights = loop_steps(decoder, tgt_in, state, memory)
     assert out.shape == (B, T, HD) and weights.shape == (B, T, S)
-    torch.testing.assert_close(out, ref_out)
-    torch.testing.assert_close(weights, ref_weights)
+    real = tgt_in != 0  # after a row's end the packed fast path stops (outputs there unused)
+    torch.testing.assert_close(out[real], ref_out[real])
+    torch.testing.assert_close(weights[real], ref_weights[real])
     for b, n in enumerate(SRC_LENGTHS):
         assert torch.equal(weights[b, :, n:], torch.zeros_like(weights[b, :, n:]))
 
@@ -158,7 +159,10 @@ def test_input_feeding_and_bahdanau_change_the_result() -> None:
         weights = fed.state_dict()
         weights["rnn.weight_ih_l0"] = weights["rnn.weight_ih_l0"][:, :EMB]  # drop fed columns
         plain.load_state_dict(weights)
-        torch.testing.assert_close(fed(tgt_in, state, memory)[0], plain(tgt_in, state, memory)[0])
+        real = tgt_in != 0
+        torch.testing.assert_close(
+            fed(tgt_in, state, memory)[0][real], plain(tgt_in, state, memory)[0][real]
+        )
         fed_input_weight[:, EMB:] = 0.5
         out_fed = fed(tgt_in, state, memory)[0]
         out_plain = plain(tgt_in, state, memory)[0]
