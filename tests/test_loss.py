@@ -45,6 +45,21 @@ def test_gradient_matches_cross_entropy() -> None:
     torch.testing.assert_close(a.grad, b.grad)
 
 
+@pytest.mark.parametrize("eps", [0.0, 0.2])
+def test_scaled_gradient_matches_cross_entropy_and_gradcheck(eps: float) -> None:
+    """The hand-written backward: a scaled loss (as the trainer scales by 1/tokens) and
+    finite differences in float64."""
+    logits, target = make(n=6, v=7, seed=3)
+    a = logits.clone().requires_grad_()
+    b = logits.clone().requires_grad_()
+    (label_smoothed_nll(a, target, eps)[0] * 0.37).backward()
+    (F.cross_entropy(b, target, label_smoothing=eps, reduction="sum") * 0.37).backward()
+    assert a.grad is not None and b.grad is not None
+    torch.testing.assert_close(a.grad, b.grad)
+    x = logits.double().requires_grad_()
+    assert torch.autograd.gradcheck(lambda z: label_smoothed_nll(z, target, eps)[0], (x,))
+
+
 def test_low_precision_logits_computed_in_float32() -> None:
     logits, target = make()
     low = logits.to(torch.bfloat16)
