@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from nmt.attention import Attention, Memory
+from nmt.dropout import Dropout, dropout
 from nmt.lstm import SharedWeight, lstm_cell, packed_lstm
 
 BRIDGE_MODES = ("learned", "copy", "zero")
@@ -162,7 +163,7 @@ class Decoder(nn.Module):
         self.embedding = (
             embedding if embedding is not None else nn.Embedding(vocab_size, emb_size, pad_id)
         )
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         input_size = emb_size
         input_size += hidden_size if input_feeding else 0
         input_size += memory_size if self.attend_first else 0
@@ -273,7 +274,7 @@ class Decoder(nn.Module):
             x = x_emb[:, t]  # (B, 4Hd) embedding part of the bottom layer's gates
             for layer in range(self.num_layers):
                 if layer > 0:
-                    below = F.dropout(hs[layer - 1], rnn.dropout, self.training)
+                    below = dropout(hs[layer - 1], rnn.dropout, self.training)
                     inputs, x = [below], biases[layer]
                 gates = x + recurrent[layer](torch.cat([*inputs, hs[layer]], dim=-1))
                 hs[layer], cs[layer] = lstm_cell(gates, cs[layer])

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from nmt.dropout import Dropout
 from nmt.lstm import packed_lstm
 
 RNN_IMPLS = ("auto", "torch", "nmt")
@@ -75,7 +76,7 @@ class Encoder(nn.Module):
         self.embedding = (
             embedding if embedding is not None else nn.Embedding(vocab_size, emb_size, pad_id)
         )
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.rnn = nn.LSTM(
             emb_size,
             hidden_size,

@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nmt.dropout import dropout
+
 
 def _packed_offsets(batch_sizes: list[int]) -> list[int]:
     """Start row of every time step in the packed data."""
@@ -199,7 +201,7 @@ def packed_lstm(
     cs: list[Tensor] = []
     for layer in range(lstm.num_layers):
         if layer > 0 and lstm.dropout > 0:
-            x = F.dropout(x, lstm.dropout, lstm.training)
+            x = dropout(x, lstm.dropout, lstm.training)
         names = [f"l{layer}{s}" for s in suffixes]
         w_ih = torch.cat([getattr(lstm, f"weight_ih_{k}") for k in names])  # (D*4H, In)
         bias = torch.cat(
