@@ -41,6 +41,9 @@ measured in this run; one arm is usually the base run itself:
   a version that calls ``encoder.rnn`` on the padded embeddings (same FLOPs per cell, but the
   final states come after the padding: measurement only, never for real training);
 - ``precision``: bf16 autocast vs fp32 (``trainer.precision``);
+- ``rnn_impl``: ``model.rnn_impl=nmt`` (``nmt.lstm``: the packed recurrence with per-sequence
+  weight gradients, the fused input-feeding loop) vs ``torch`` (``nn.LSTM``);
+- ``malloc``: ``nmt.runtime.tune_malloc()`` (glibc mmap/trim thresholds) vs the default malloc;
 - ``compile``: ``torch.compile(criterion, dynamic=True)`` vs eager. Compilation happens in the
   warm-up; a run whose warm-up exceeds ``--compile-timeout`` seconds, or that fails, is
   reported as not supported with the reason. Skipped by ``--quick`` unless listed explicitly.
@@ -107,6 +110,8 @@ class Arm:
     encoder: str = "packed"  # packed | padded (unpacked LSTM, measurement only)
     precision: str = "fp32"  # fp32 | bf16 | fp16
     compile: bool = False
+    rnn_impl: str = "auto"  # model.rnn_impl: auto | nmt | torch
+    malloc: bool = True  # nmt.runtime.tune_malloc() in the worker
 
     def describe(self) -> str:
         return ", ".join(
@@ -116,6 +121,8 @@ class Arm:
                 f"{self.encoder} encoder",
                 self.precision,
                 "compiled" if self.compile else "eager",
+                f"{self.rnn_impl} LSTM",
+                "tuned malloc" if self.malloc else "default malloc",
             ]
         )
 
@@ -127,6 +134,8 @@ ABLATIONS: dict[str, tuple[str, Any, Any, str, str]] = {
     "packing": ("encoder", "packed", "padded", "packed encoder", "padded encoder"),
     "precision": ("precision", "bf16", "fp32", "bf16 autocast", "fp32"),
     "compile": ("compile", True, False, "torch.compile", "eager"),
+    "rnn_impl": ("rnn_impl", "nmt", "torch", "nmt.lstm loops", "torch nn.LSTM"),
+    "malloc": ("malloc", True, False, "tuned malloc", "default malloc"),
 }
 
 QUICK_OVERRIDES = [
@@ -332,7 +341,7 @@ def make_update(arm: Arm, cfg: Any, prepared: Any, device: torch.device) -> tupl
     from nmt.trainer import Criterion, train_update
 
     tcfg, ocfg, tok = cfg.trainer, cfg.optim, prepared.tokenizer
-    model_cfg = replace(cfg.model, input_feeding=arm.input_feeding)
+    model_cfg = replace(cfg.model, input_feeding=arm.input_feeding, rnn_impl=arm.rnn_impl)
     train_set = prepared.dataset(cfg.data.train)
     batches = make_batches(arm, train_set, tcfg)
     model = build_model(model_cfg, tok.src_vocab_size, tok.tgt_vocab_size, tok.pad_id).to(device)
@@ -438,10 +447,10 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     from nmt.trainer import seed_everything
 
     torch.set_num_threads(spec["threads"])
-    if spec.get("malloc_tuning", True):
+    arm = Arm(**spec["arm"])
+    if arm.malloc:
         tune_malloc()
     device = torch.device(spec["device"])
-    arm = Arm(**spec["arm"])
     cfg = compose_config(spec["overrides"])
     seed_everything(cfg.trainer.seed)
     prepared = prepare(cfg.data, cfg.tokenizer)
@@ -875,7 +884,12 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.peak_size is None:
         args.peak_size = 256 if args.quick else 8192 if device.type == "cuda" else 2048
-    base = Arm(input_feeding=cfg.model.input_feeding, precision=cfg.trainer.precision)
+    rnn_impl = cfg.model.rnn_impl
+    if rnn_impl == "auto":  # resolved here so the rnn_impl ablation reuses the base run
+        rnn_impl = "nmt" if device.type == "cpu" else "torch"
+    base = Arm(
+        input_feeding=cfg.model.input_feeding, precision=cfg.trainer.precision, rnn_impl=rnn_impl
+    )
     arms, pairs = plan_arms(base, args.ablations)
     peak: dict[str, dict[str, float]] = {}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16)):

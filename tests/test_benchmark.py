@@ -121,8 +121,9 @@ def test_quick_run(tmp_path: Path) -> None:
     assert report["peak"]["fp32"]["gflop_s"] > 0
     runs = report["runs"]
     assert sum(r["base"] for r in runs) == 1 and runs[0]["base"]
-    # base + random batching + input feeding + padded encoder + bf16; compile left out
-    assert len(runs) == 5
+    # base + random batching + input feeding + padded encoder + bf16 + torch LSTM + default
+    # malloc; compile left out
+    assert len(runs) == 7
     for run in runs:
         r = run["result"]
         assert "error" not in r, r
@@ -134,12 +135,13 @@ def test_quick_run(tmp_path: Path) -> None:
         assert r["skipped_updates"] == 0 and np.isfinite(r["loss_per_token"])
         assert len(r["repeat_seconds"]) == report["repeats"] == 2
     by_label = {r["label"]: r["result"] for r in runs}
-    bucketed = by_label["bucketed, fast path, packed encoder, fp32, eager"]
-    random = by_label["random, fast path, packed encoder, fp32, eager"]
+    tail = "fp32, eager, nmt LSTM, tuned malloc"
+    bucketed = by_label[f"bucketed, fast path, packed encoder, {tail}"]
+    random = by_label[f"random, fast path, packed encoder, {tail}"]
     assert random["pad_fraction"] > bucketed["pad_fraction"]
 
     names = {a["name"] for a in report["ablations"]}
-    assert names == {"batching", "input_feeding", "packing", "precision"}
+    assert names == {"batching", "input_feeding", "packing", "precision", "rnn_impl", "malloc"}
     for ab in report["ablations"]:
         assert ab["ratio"] > 0
         assert ab["ratio"] == pytest.approx(ab["a_tgt_tokens_per_s"] / ab["b_tgt_tokens_per_s"])
