@@ -263,7 +263,9 @@ class Decoder(nn.Module):
         att_prev = state.att
         atts: list[Tensor] = []
         all_weights: list[Tensor] = []
-        for t in range(emb.size(1)):
+        # unbind: one backward node stacks the steps' gradients (slicing x_emb[:, t] would
+        # give every step a zero-filled (B, T, 4Hd) gradient to add up)
+        for x_t in x_emb.unbind(1):
             inputs: list[Tensor] = []
             if self.input_feeding:
                 inputs.append(att_prev)  # (B, Hd)
@@ -271,7 +273,7 @@ class Decoder(nn.Module):
             if self.attend_first:
                 context, weights = self.attention(hs[-1][:, None, :], memory)  # (B, 1, Dv)
                 inputs.append(context[:, 0])
-            x = x_emb[:, t]  # (B, 4Hd) embedding part of the bottom layer's gates
+            x = x_t  # (B, 4Hd) embedding part of the bottom layer's gates
             for layer in range(self.num_layers):
                 if layer > 0:
                     below = dropout(hs[layer - 1], rnn.dropout, self.training)
