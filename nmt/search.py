@@ -24,9 +24,14 @@ Beam layout: batch-major; row ``a * K + k`` of the tiled memory/state is beam ``
 sentence ``a``. A step expands every alive beam by the whole vocabulary, takes the top 2K of the
 K*V candidates per sentence, sets aside eos candidates that rank among the top K as finished,
 and keeps the best K non-eos candidates alive (as in fairseq). A sentence is done when it has K
-finished hypotheses or its alive hypotheses reach the maximum length (they are then finished
-as they are). Finished hypotheses are stored in tensors of shape (B, K, ...) and sorted by score
-at the end.
+finished hypotheses, or its alive hypotheses reach the maximum length (they are then finished
+as they are), or (``early_stop``, the default) no alive hypothesis can still reach the n-th
+best finished score: log-probabilities only fall as a hypothesis grows, so an alive hypothesis
+with log-probability p can at best score p / lp(n') for a final length n' between the next step
+and the maximum length (lp is monotonic in n', so one of those two ends bounds it). The n best
+hypotheses are the same as without ``early_stop``; only steps that cannot change them are
+skipped. Finished hypotheses are stored in tensors of shape (B, K, ...) and sorted by score at
+the end.
 """
 
 from __future__ import annotations
@@ -142,15 +147,18 @@ def greedy_decode(
     out_scored = torch.zeros(batch, dtype=torch.long, device=device)  # (B,) + eos if ended so
     out_logprob = torch.zeros(batch, dtype=torch.float32, device=device)  # (B,)
 
-    sent = torch.arange(batch, device=device)  # (A,) batch index of each active row
+    sent = torch.arange(batch, device=device)  # (A,) batch index of each row
     prev = torch.full((batch,), bos_id, dtype=torch.long, device=device)  # (A,)
     cum = torch.zeros(batch, dtype=torch.float32, device=device)  # (A,)
-    done = limits <= 0  # sentences allowed no output at all are finished (empty)
+    alive = limits > 0  # (A,) sentences allowed no output at all are finished (empty)
     t = 0
     while True:
-        if bool(done.any()):
-            keep = (~done).nonzero().squeeze(1)  # (A',)
-            sent, prev, cum = sent[keep], prev[keep], cum[keep]
+        # Finished rows are dropped from the batch once they are a quarter of it: dropping
+        # copies the memory and state, which costs more than stepping a few extra rows.
+        dead = int((~alive).sum())
+        if dead > 0 and (dead * 4 >= alive.numel() or dead == alive.numel()):
+            keep = alive.nonzero().squeeze(1)  # (A',)
+            sent, prev, cum, alive = sent[keep], prev[keep], cum[keep], alive[keep]
             memory, state = memory.index_select(keep), state.index_select(keep)
         if sent.numel() == 0:
             break
@@ -158,13 +166,15 @@ def greedy_decode(
         log_probs = _block_eos(log_probs, eos_id, t, min_len)
         best, prev = log_probs.max(dim=1)  # (A,), (A,)
         cum = cum + best.float()
-        out[sent, t] = prev
+        live = sent[alive]
+        out[live, t] = prev[alive]
         is_eos = prev == eos_id  # (A,)
-        done = is_eos | (t + 1 >= limits[sent])
+        done = alive & (is_eos | (t + 1 >= limits[sent]))  # (A,) finishing at this step
         finished = sent[done]
         out_len[finished] = torch.where(is_eos[done], t, t + 1)
         out_scored[finished] = t + 1
         out_logprob[finished] = cum[done]
+        alive = alive & ~done
         t += 1
     rows, lens, scored = out.tolist(), out_len.tolist(), out_scored.tolist()
     return [
@@ -324,6 +334,7 @@ def beam_search(
     max_len_b: float = 10,
     min_len: int = 0,
     nbest: int = 1,
+    early_stop: bool = True,
 ) -> list[list[Hypothesis]]:
     """Batched beam search; per sentence, up to ``nbest`` hypotheses sorted by score (best first).
 
@@ -391,6 +402,15 @@ def beam_search(
         at_limit = t + 1 >= limits[sent]  # (A,)
         fin.add(sent, at_limit.unsqueeze(1).expand(-1, k), alive_score, alive_tokens, t + 1, alpha)
         done = at_limit | (fin.count[sent] >= k)
+        if early_stop:  # no alive hypothesis can reach the n-th best finished score any more
+            best_alive = alive_score.max(dim=1).values  # (A,) raw log-probs <= 0
+            longest = limits[sent].double()  # (A,) the largest scored length still possible
+            bound = torch.maximum(
+                best_alive.double() / gnmt_penalty(t + 2, alpha),
+                best_alive.double() / ((5.0 + longest) / 6.0) ** alpha,
+            )  # (A,)
+            nth_best = fin.score[sent].topk(nbest, dim=1).values[:, -1]  # (A,) -inf if fewer
+            done = done | (torch.isfinite(nth_best) & (nth_best.double() >= bound))
         t += 1
     return _finalize(fin, nbest)
 

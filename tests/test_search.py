@@ -10,6 +10,7 @@ import copy
 import math
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -449,3 +450,39 @@ def test_cuda_search_matches_cpu(trained: Seq2Seq) -> None:
     for g, w in zip(got, want, strict=True):
         assert [h.tokens for h in g] == [h.tokens for h in w]
         assert [h.score for h in g] == pytest.approx([h.score for h in w], abs=1e-3)
+
+
+class CountingModel:
+    """A Searchable that counts decoder rows stepped (hypotheses x steps)."""
+
+    def __init__(self, model: Seq2Seq) -> None:
+        self.model = model
+        self.rows = 0
+
+    def encode(self, src: Tensor, src_lengths: Tensor) -> Any:
+        return self.model.encode(src, src_lengths)
+
+    def step(self, prev: Tensor, state: Any, memory: Any) -> Any:
+        self.rows += prev.numel()
+        return self.model.step(prev, state, memory)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.6, 1.0])
+@pytest.mark.parametrize("nbest", [1, 3])
+@torch.inference_mode()
+def test_early_stop_keeps_the_nbest_and_saves_steps(
+    model: Seq2Seq, alpha: float, nbest: int
+) -> None:
+    """Early stopping only skips steps that cannot change the n best hypotheses."""
+    src, lengths = make_src(SOURCES)
+    runs = {}
+    for early in (False, True):
+        counting = CountingModel(model)
+        hyps = beam_search(
+            counting, src, lengths, BOS, EOS, beam_size=5, length_penalty=alpha, nbest=nbest,
+            early_stop=early,
+        )  # fmt: skip
+        runs[early] = (hyps, counting.rows)
+    for got, want in zip(runs[True][0], runs[False][0], strict=True):
+        assert_same_hyps(got, want)
+    assert runs[True][1] <= runs[False][1]
