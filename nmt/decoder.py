@@ -206,7 +206,11 @@ class Decoder(nn.Module):
             att = torch.tanh(self.combine(torch.cat([out, context], dim=-1)))  # (B, T, Hd)
             return self.dropout(att), weights
         if ours:
-            return self._loop(emb, state, memory)
+            # the loop runs in fp32 (its matmuls are small; under autocast they gain nothing)
+            with torch.autocast(emb.device.type, enabled=False):
+                fp32_memory = Memory(memory.values.float(), memory.keys.float(), memory.mask)
+                fp32_state = DecoderState(state.h.float(), state.c.float(), state.att.float())
+                return self._loop(emb.float(), fp32_state, fp32_memory)
         atts: list[Tensor] = []
         all_weights: list[Tensor] = []
         for t in range(tgt_in.size(1)):

@@ -216,7 +216,8 @@ def packed_lstm(
             xg = xg.transpose(0, 1)  # (1, N, 4H)
         h0 = state[0][layer * dirs : (layer + 1) * dirs].float()
         c0 = state[1][layer * dirs : (layer + 1) * dirs].float()
-        out, c = _Recurrence.apply(xg.contiguous(), w_hh.float(), h0, c0, batch_sizes, last)
+        with torch.autocast(data.device.type, enabled=False):  # the recurrence stays fp32
+            out, c = _Recurrence.apply(xg.contiguous(), w_hh.float(), h0, c0, batch_sizes, last)
         h = out.index_select(1, last)  # (D, B, H) state after each sequence's last step
         if reverse is not None:
             x = torch.cat([out[0], out[1].index_select(0, reverse)], dim=-1)  # (N, 2H)
