@@ -19,8 +19,8 @@ What is measured (every figure after ``--warmup`` updates, median over ``--repea
   peak RSS (``ru_maxrss``) read right after training, and on CUDA
   ``torch.cuda.max_memory_allocated``. Each run is a fresh subprocess, so RSS peaks do not
   leak from one run into the next.
-- model FLOPs utilisation (MFU): model FLOP/s over a peak measured in the same run, the median
-  rate of an N x N matmul (``--peak-size``: 2048 on CPU, 8192 on CUDA) in the training dtype (fp32,
+- model FLOPs utilisation (MFU): model FLOP/s over a peak measured in the same run (before and
+  after the training runs; the higher of the two), the median rate of an N x N matmul (``--peak-size``: 2048 on CPU, 8192 on CUDA) in the training dtype (fp32,
   or bf16 for a bf16 run) on the same device and thread count.
 - decoding: the dev split's first ``--decode-sentences`` source sentences (pre-encoded, so
   SentencePiece is not timed) through ``nmt.search.translate_ids``, greedy (beam 1) and beam 5,
@@ -638,6 +638,11 @@ def markdown(report: dict[str, Any]) -> str:
         + ". Peak matmul ("
         + ", ".join(
             f"{k} {v['size']}x{v['size']}: {v['gflop_s']:,.0f} GFLOP/s"
+            + (
+                f" (before the runs {v['gflop_s_start']:,.0f}, after {v['gflop_s_end']:,.0f})"
+                if "gflop_s_end" in v
+                else ""
+            )
             for k, v in report["peak"].items()
         )
         + ").",
@@ -675,14 +680,15 @@ def markdown(report: dict[str, Any]) -> str:
             f"decode.max_tokens {dec['max_tokens']}, max length {dec['max_len_a']} * src + "
             f"{dec['max_len_b']}; model: {dec['model']}.",
             "",
-            "| search | sentences/s | output tok/s | mean output tokens |",
-            "|---|---:|---:|---:|",
+            "| search | sentences/s | output tok/s | mean output tokens | sentences/s per round |",
+            "|---|---:|---:|---:|---|",
         ]
         for name in ("greedy", "beam5"):
             d = dec[name]
+            per_round = ", ".join(fmt(x, 1) for x in d.get("rounds_sentences_per_s", []))
             lines.append(
                 f"| {name} | {fmt(d['sentences_per_s'], 1)} | {fmt(d['tokens_per_s'])} "
-                f"| {fmt(d['mean_output_tokens'], 1)} |"
+                f"| {fmt(d['mean_output_tokens'], 1)} | {per_round} |"
             )
         if dec["greedy"]["mean_output_tokens"] > 1.5 * dec["mean_ref_tokens"]:
             lines += [
@@ -782,12 +788,13 @@ def run_arms(
 ) -> dict[Arm, dict[str, Any]]:
     """Each arm in its own process, base (arms[0], which also decodes) first; ``--rounds``
     times over the list, keeping for each arm the round with the median target tokens/s
-    (its peak RSS the highest of all rounds)."""
+    (its peak RSS the highest of all rounds); decoding: each search's median round."""
     rounds: dict[Arm, list[dict[str, Any]]] = {arm: [] for arm in arms}
-    for r in range(args.rounds):
-        one = run_round(args, overrides, device, arms, peak, decode=r == 0)
+    for _ in range(args.rounds):
+        one = run_round(args, overrides, device, arms, peak, decode=True)
         for arm in arms:
             rounds[arm].append(one[arm])
+    decodes = [x["decode"] for x in rounds[arms[0]] if "decode" in x]
     results: dict[Arm, dict[str, Any]] = {}
     for arm, runs in rounds.items():
         ok = [x for x in runs if "error" not in x]
@@ -796,14 +803,27 @@ def run_arms(
             continue
         ok.sort(key=lambda x: x["tgt_tokens_per_s"])
         chosen = dict(ok[(len(ok) - 1) // 2])
-        if "decode" not in chosen and "decode" in runs[0]:
-            chosen["decode"] = runs[0]["decode"]
+        if arm == arms[0] and decodes:
+            chosen["decode"] = median_decode(decodes)
         chosen["peak_rss_mb"] = max(x["peak_rss_mb"] for x in ok)
         chosen["rounds_tgt_tokens_per_s"] = [
             round(x["tgt_tokens_per_s"], 1) for x in runs if "error" not in x
         ]
         results[arm] = chosen
     return results
+
+
+def median_decode(decodes: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per search (greedy, beam5), the round with the median sentences/s."""
+    out = dict(decodes[0])
+    for name in ("greedy", "beam5"):
+        runs = sorted((d[name] for d in decodes if name in d), key=lambda r: r["sentences_per_s"])
+        if runs:
+            out[name] = {
+                **runs[(len(runs) - 1) // 2],
+                "rounds_sentences_per_s": [round(r["sentences_per_s"], 1) for r in runs],
+            }
+    return out
 
 
 def run_round(
@@ -825,7 +845,6 @@ def run_round(
             "updates": args.updates,
             "warmup": args.warmup,
             "repeats": args.repeats,
-            "rounds": args.rounds,
             "decode_sentences": args.decode_sentences if k == 0 and decode else 0,
             "decode_checkpoint": args.decode_checkpoint,
             "compile_timeout": args.compile_timeout if arm.compile else 0,
@@ -946,6 +965,16 @@ def main(argv: list[str] | None = None) -> None:
             peak[name] = peak_matmul(dtype, args.peak_size, args.peak_reps, device)
             log.info("peak %s matmul: %.1f GFLOP/s", name, peak[name]["gflop_s"])
     results = run_arms(args, overrides, device, arms, peak)
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    for name in list(peak):  # again after the runs: shared machines drift
+        again = peak_matmul(dtypes[name], args.peak_size, args.peak_reps, device)
+        log.info("peak %s matmul at the end: %.1f GFLOP/s", name, again["gflop_s"])
+        peak[name]["gflop_s_start"] = peak[name]["gflop_s"]
+        peak[name]["gflop_s_end"] = again["gflop_s"]
+        peak[name]["gflop_s"] = max(peak[name]["gflop_s"], again["gflop_s"])  # MFU: the higher
+    for arm, result in results.items():
+        if "error" not in result:
+            result["mfu"] = result["model_flop_s"] / (peak[arm.precision]["gflop_s"] * 1e9)
 
     report: dict[str, Any] = {
         "command": command,
@@ -955,6 +984,7 @@ def main(argv: list[str] | None = None) -> None:
         "updates": args.updates,
         "warmup": args.warmup,
         "repeats": args.repeats,
+        "rounds": args.rounds,
         "peak": peak,
         "runs": [
             {
