@@ -8,7 +8,9 @@ Positional arguments are Hydra overrides of the training config (``configs/train
 composed exactly as ``python -m nmt.train`` does), e.g. ``model=reference
 trainer.max_tokens=2000 trainer.precision=bf16``. The composed config is the *base* run.
 
-What is measured (every figure after ``--warmup`` updates, median over ``--repeats``):
+What is measured (every figure after ``--warmup`` updates, median over ``--repeats``; with
+``--rounds N`` the whole list of runs is repeated N times, interleaved, and each run's median
+round is kept, which keeps ratios fair on a machine whose speed drifts):
 
 - training: ``--updates`` optimizer updates through ``nmt.trainer.train_update`` (the trainer's
   own step: autocast, label-smoothed loss on real target tokens, backward, clipping, Adam),
