@@ -28,6 +28,10 @@ Parameters are those of an ``nn.LSTM`` (``weight_ih_l{k}[_reverse]`` ...), so ch
 the module's initialisation are shared with the torch implementation (gate order (i, f, g, o)).
 The recurrence runs in float32 (under autocast the input projection may
 be bf16; its result is converted).
+
+The second half serves loops that must step under autograd (the input-feeding decoder):
+``lstm_cell``, the cell arithmetic as one autograd node, and ``SharedWeight``, a weight used at
+every step whose gradient is computed once per batch as one matmul.
 """
 
 from __future__ import annotations
