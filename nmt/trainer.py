@@ -30,7 +30,7 @@ from tqdm import tqdm
 from nmt import distributed as dist_utils
 from nmt.batching import BucketBatchSampler
 from nmt.checkpoint import CheckpointError, load_checkpoint, model_payload, save_checkpoint
-from nmt.config import TrainConfig
+from nmt.config import TrainConfig, TrainerConfig
 from nmt.data import Batch, ParallelDataset, Prepared, collate, prepare
 from nmt.loss import smoothed_loss_and_nll
 from nmt.metrics import score
@@ -339,6 +339,23 @@ def update_groups(
         yield group
 
 
+def train_sampler(
+    train_set: ParallelDataset, tcfg: TrainerConfig, world_size: int = 1, rank: int = 0
+) -> BucketBatchSampler:
+    """The training batches of ``trainer.*`` (also what scripts/benchmark.py times)."""
+    return BucketBatchSampler(
+        train_set.src_lengths,
+        train_set.tgt_lengths,
+        max_tokens=tcfg.max_tokens,
+        max_sentences=tcfg.max_sentences,
+        shuffle=True,
+        seed=tcfg.seed,
+        pool_factor=tcfg.pool_factor,
+        num_replicas=world_size,
+        rank=rank,
+    )
+
+
 def train(cfg: TrainConfig, out_dir: Path) -> dict[str, Any]:
     """Train, validate, checkpoint; evaluate the best checkpoint on test at the end.
 
@@ -373,17 +390,7 @@ def train(cfg: TrainConfig, out_dir: Path) -> dict[str, Any]:
             f"ranks prepared different data in {prepared.path}: on several machines, put "
             "data.cache_dir on a shared filesystem or copy rank 0's cache to every machine"
         )
-    sampler = BucketBatchSampler(
-        train_set.src_lengths,
-        train_set.tgt_lengths,
-        max_tokens=tcfg.max_tokens,
-        max_sentences=tcfg.max_sentences,
-        shuffle=True,
-        seed=tcfg.seed,
-        pool_factor=tcfg.pool_factor,
-        num_replicas=ctx.world_size,
-        rank=ctx.rank,
-    )
+    sampler = train_sampler(train_set, tcfg, ctx.world_size, ctx.rank)
 
     model = build_model(cfg.model, tok.src_vocab_size, tok.tgt_vocab_size, tok.pad_id).to(device)
     criterion: nn.Module = Criterion(model, ocfg.label_smoothing)

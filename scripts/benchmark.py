@@ -310,7 +310,7 @@ def current_rss_mb() -> float:
 
 def make_batches(arm: Arm, train_set: Any, tcfg: Any) -> Iterator[list[int]]:
     """An endless stream of index lists: the trainer's bucketed sampler, or random batches."""
-    from nmt.batching import BucketBatchSampler
+    from nmt.trainer import train_sampler
 
     if arm.batching == "random":
         return random_batches(
@@ -320,15 +320,7 @@ def make_batches(arm: Arm, train_set: Any, tcfg: Any) -> Iterator[list[int]]:
             tcfg.max_sentences,
             tcfg.seed,
         )
-    sampler = BucketBatchSampler(
-        train_set.src_lengths,
-        train_set.tgt_lengths,
-        max_tokens=tcfg.max_tokens,
-        max_sentences=tcfg.max_sentences,
-        shuffle=True,
-        seed=tcfg.seed,
-        pool_factor=tcfg.pool_factor,
-    )
+    sampler = train_sampler(train_set, tcfg)
     sampler.set_epoch(0)
     return bucketed_batches(sampler)
 
