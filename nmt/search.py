@@ -20,8 +20,9 @@ Rules shared by greedy and beam search:
   ``lp = ((5 + n) / 6) ** alpha``, n = number of scored tokens; ``alpha = 0`` gives the raw
   log-probability.
 
-Beam layout: batch-major; row ``a * K + k`` of the tiled memory/state is beam ``k`` of active
-sentence ``a``. A step expands every alive beam by the whole vocabulary, takes the top 2K of the
+Beam layout: batch-major; row ``a * K + k`` of the tiled decoder state is beam ``k`` of active
+sentence ``a``; the memory keeps one row per active sentence, shared by its K beams (see
+``Attention.forward``). A step expands every alive beam by the whole vocabulary, takes the top 2K of the
 K*V candidates per sentence, sets aside eos candidates that rank among the top K as finished,
 and keeps the best K non-eos candidates alive (as in fairseq). A sentence is done when it has K
 finished hypotheses, or its alive hypotheses reach the maximum length (they are then finished
@@ -67,7 +68,8 @@ class Searchable(Protocol):
     """What the searches need: a Seq2Seq or an Ensemble.
 
     ``encode`` returns (memory, state), both with ``index_select(index)`` along the batch;
-    ``step(prev (B,), state, memory)`` returns (log-probs (B, V), new state, attention (B, S)).
+    ``step(prev (B*K,), state, memory)`` returns (log-probs (B*K, V), new state, attention
+    (B*K, S)), where the state has K rows per memory row (K = 1 in greedy search).
     """
 
     def encode(self, src: Tensor, src_lengths: Tensor) -> tuple[Any, Any]: ...
@@ -258,13 +260,12 @@ class _Finished:
         self.count[sent] += ok.sum(dim=1)
 
 
-def _tile(
-    memory: Any, state: Any, batch: int, beam_size: int, device: torch.device
-) -> tuple[Any, Any]:
-    """Repeat each sentence's memory/state K times: B rows -> B*K rows, batch-major
-    (row b*K + k is beam k of sentence b)."""
+def _tile(state: Any, batch: int, beam_size: int, device: torch.device) -> Any:
+    """Repeat each sentence's decoder state K times: B rows -> B*K rows, batch-major
+    (row b*K + k is beam k of sentence b). The memory is not repeated: attention lets the K
+    beams of a sentence share its memory row."""
     index = torch.arange(batch, device=device).repeat_interleave(beam_size)  # (B*K,)
-    return memory.index_select(index), state.index_select(index)
+    return state.index_select(index)
 
 
 def _expand(log_probs: Tensor, alive_score: Tensor, eos_id: int, t: int, min_len: int) -> Tensor:
@@ -353,7 +354,7 @@ def beam_search(
     alpha = length_penalty
     device = src.device
     memory, state = model.encode(src, src_lengths)
-    memory, state = _tile(memory, state, batch, k, device)  # B -> B*K rows
+    state = _tile(state, batch, k, device)  # B -> B*K rows; the memory keeps B rows
     limits = max_output_lengths(src_lengths, max_len_a, max_len_b).to(device)  # (B,)
     fin = _Finished.empty(batch, k, max(int(limits.max()), 1), device)
 
@@ -373,7 +374,7 @@ def beam_search(
             rows = _prune_rows(keep, k)  # (A'*K,)
             sent, alive_score, alive_tokens = sent[keep], alive_score[keep], alive_tokens[keep]
             prev = prev[rows]
-            memory, state = memory.index_select(rows), state.index_select(rows)
+            memory, state = memory.index_select(keep), state.index_select(rows)
         if sent.numel() == 0:
             break
         log_probs, state, _ = model.step(prev, state, memory)  # (A*K, V)
