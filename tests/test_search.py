@@ -17,6 +17,7 @@ import pytest
 import torch
 from torch import Tensor
 
+from nmt import search
 from nmt.batching import BucketBatchSampler
 from nmt.config import DecodeConfig, ModelConfig, TokenizerConfig
 from nmt.model import DecoderState, Seq2Seq, build_model
@@ -201,9 +202,13 @@ def test_beam_size_one_equals_greedy(model: Seq2Seq) -> None:
     )
 
 
+@pytest.mark.parametrize("chunk", [64, 4, 3])  # whole rows (V=20), chunks, chunks + a tail
 @pytest.mark.parametrize("alpha", [0.0, 1.0])
 @torch.inference_mode()
-def test_beam_matches_plain_reference(model: Seq2Seq, alpha: float) -> None:
+def test_beam_matches_plain_reference(
+    model: Seq2Seq, alpha: float, chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(search, "CHUNK", chunk)
     src, lengths = make_src(SOURCES)
     got = beam_search(
         model,
@@ -486,3 +491,26 @@ def test_early_stop_keeps_the_nbest_and_saves_steps(
     for got, want in zip(runs[True][0], runs[False][0], strict=True):
         assert_same_hyps(got, want)
     assert runs[True][1] <= runs[False][1]
+
+
+@pytest.mark.parametrize(("vocab", "beam_size", "chunk"), [(8000, 5, 64), (1001, 4, 64), (50, 3, 7)])
+def test_top_extensions_equal_topk_over_all_candidates(
+    vocab: int, beam_size: int, chunk: int
+) -> None:
+    """The chunked top-2K equals topk over every (beam, token) candidate, -inf included."""
+    gen = torch.Generator().manual_seed(vocab)
+    active = 6
+    log_probs = torch.randn(active * beam_size, vocab, generator=gen).log_softmax(dim=1)
+    log_probs[:, 3] = -math.inf  # a blocked eos
+    alive = torch.randn(active, beam_size, generator=gen) * 3 - 5
+    alive[0, 1:] = -math.inf  # first step: only beam 0 alive
+    alive[1, :] = torch.tensor([-1.0] + [-math.inf] * (beam_size - 1))
+    got = search._top_extensions(log_probs, alive, chunk)
+    cand = (alive.unsqueeze(2) + log_probs.view(active, beam_size, vocab)).view(active, -1)
+    want = search._top_candidates(cand, beam_size, vocab)
+    assert torch.equal(got[0], want[0])
+    # same candidates: each (beam, token) scores what the table says
+    flat = got[1] * vocab + got[2]  # (A, 2K)
+    assert torch.equal(cand.gather(1, flat), want[0])
+    assert all(len(set(row)) == len(row) for row in flat.tolist())  # no candidate twice
+    assert got[1].max() < beam_size and got[2].max() < vocab
