@@ -493,7 +493,9 @@ def test_early_stop_keeps_the_nbest_and_saves_steps(
     assert runs[True][1] <= runs[False][1]
 
 
-@pytest.mark.parametrize(("vocab", "beam_size", "chunk"), [(8000, 5, 64), (1001, 4, 64), (50, 3, 7)])
+@pytest.mark.parametrize(
+    ("vocab", "beam_size", "chunk"), [(8000, 5, 64), (1001, 4, 64), (50, 3, 7)]
+)
 def test_top_extensions_equal_topk_over_all_candidates(
     vocab: int, beam_size: int, chunk: int
 ) -> None:
