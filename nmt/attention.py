@@ -23,7 +23,7 @@ are exactly 0 (every source row has at least one real token, its eos, so no row 
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -111,99 +111,3 @@ class Attention(nn.Module):
         q = self.query_proj(query)  # (B, T, A)
         hidden = torch.tanh(q[:, :, None, :] + keys[:, None, :, :])  # (B, T, S, A)
         return self.score_proj(hidden).squeeze(-1)  # (B, T, S, 1) -> (B, T, S)
-
-
-# ---------------------------------------------------------------------------------------------
-# Attention inside a teacher-forcing loop (input feeding): the memory is used at every step.
-
-
-class _ShareMemory(torch.autograd.Function):
-    """Identity on (keys, values) whose step uses (``_AttendStep``) defer their gradients: its
-    backward runs after every step's backward and computes them as one batched matmul each."""
-
-    @staticmethod
-    def forward(
-        ctx: Any, keys: Tensor, values: Tensor, uses: list[tuple[Tensor, ...]]
-    ) -> tuple[Tensor, Tensor]:  # type: ignore[override]
-        ctx.uses = uses
-        return keys.view_as(keys), values.view_as(values)
-
-    @staticmethod
-    def backward(ctx: Any, d_keys: Tensor, d_values: Tensor) -> tuple[Tensor, Tensor, None]:  # type: ignore[override]
-        uses: list[tuple[Tensor, ...]] = ctx.uses
-        if uses:
-            query, d_scores, weights, d_context = (
-                torch.stack(x, dim=1) for x in zip(*uses, strict=True)
-            )
-            # (B, T, .) per step-stacked; dK = sum_t dS_t^T q_t, dV = sum_t W_t^T dC_t
-            d_keys = d_keys + torch.bmm(d_scores.transpose(1, 2), query)  # (B, S, Dk)
-            d_values = d_values + torch.bmm(weights.transpose(1, 2), d_context)  # (B, S, Dv)
-        uses.clear()
-        return d_keys, d_values, None
-
-
-class _AttendStep(torch.autograd.Function):
-    """One query per row against (keys, values), dot-product scores; the keys' and values'
-    gradients are left to ``_ShareMemory`` (records (q, dS, W, dC))."""
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any,
-        query: Tensor,
-        keys: Tensor,
-        values: Tensor,
-        mask: Tensor,
-        uses: list[tuple[Tensor, ...]],
-    ) -> tuple[Tensor, Tensor]:
-        scores = torch.bmm(keys, query.unsqueeze(2)).squeeze(2)  # (B, S, Dk) x (B, Dk, 1)
-        weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)  # (B, S)
-        context = torch.bmm(weights.unsqueeze(1), values).squeeze(1)  # (B, Dv)
-        ctx.save_for_backward(query, keys, values, weights)
-        ctx.uses = uses
-        return context, weights
-
-    @staticmethod
-    def backward(  # type: ignore[override]
-        ctx: Any, d_context: Tensor, d_weights: Tensor
-    ) -> tuple[Tensor, None, None, None, None]:
-        query, keys, values, weights = ctx.saved_tensors
-        d_w = torch.bmm(values, d_context.unsqueeze(2)).squeeze(2) + d_weights  # (B, S)
-        d_scores = weights * (d_w - (d_w * weights).sum(dim=1, keepdim=True))  # softmax'
-        d_query = torch.bmm(d_scores.unsqueeze(1), keys).squeeze(1)  # (B, Dk)
-        ctx.uses.append((query, d_scores, weights, d_context))
-        return d_query, None, None, None, None
-
-
-class StepAttention:
-    """``attention(query[:, None], memory)`` for one query per row, used at every step of a
-    teacher-forcing loop, with the memory's gradients computed once per batch.
-
-    Under autograd, attending to the same memory at each of T steps gives every step an
-    outer-product gradient of the memory's size (B, S, D) to add up, twice (keys and values).
-    For the dot-product kinds (``dot``, ``general``) this collects each step's small factors
-    and computes the sums as one batched matmul after the loop's backward (measured 4x less
-    time for the attention of a 25-step batch). The additive kinds use the module as is.
-    Make one per forward pass.
-    """
-
-    def __init__(self, attention: Attention, memory: Memory) -> None:
-        self.attention = attention
-        self.memory = memory
-        self.uses: list[tuple[Tensor, ...]] = []
-        self.deferred = (
-            attention.query_proj is None
-            and torch.is_grad_enabled()
-            and (memory.keys.requires_grad or memory.values.requires_grad)
-        )
-        if self.deferred:
-            self.keys, self.values = _ShareMemory.apply(memory.keys, memory.values, self.uses)
-
-    def __call__(self, query: Tensor) -> tuple[Tensor, Tensor]:
-        """query (B, Dq) -> context (B, Dv), weights (B, S)."""
-        if not self.deferred:
-            context, weights = self.attention(query[:, None, :], self.memory)
-            return context[:, 0], weights[:, 0]
-        out: tuple[Tensor, Tensor] = _AttendStep.apply(
-            query, self.keys, self.values, self.memory.mask, self.uses
-        )
-        return out

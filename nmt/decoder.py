@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from nmt.attention import Attention, Memory, StepAttention
+from nmt.attention import Attention, Memory
 from nmt.dropout import Dropout, dropout
 from nmt.lstm import SharedWeight, lstm_cell, packed_lstm
 
@@ -272,9 +272,8 @@ class Decoder(nn.Module):
 
         Work that does not depend on the previous step is done for all steps at once (the
         bottom layer's embedding projection, one matmul); each step's matmuls use
-        ``SharedWeight`` (one weight-gradient matmul per batch instead of one per step),
-        ``StepAttention`` (likewise for the memory's gradients) and ``lstm_cell`` (one
-        autograd node per cell). Returns what ``forward`` returns.
+        ``SharedWeight`` (one weight-gradient matmul per batch instead of one per step) and
+        ``lstm_cell`` (one autograd node per cell). Returns what ``forward`` returns.
         """
         rnn = self.rnn
         emb_size = emb.size(-1)
@@ -291,7 +290,6 @@ class Decoder(nn.Module):
             recurrent.append(SharedWeight(w))
             biases.append(getattr(rnn, f"bias_ih_l{layer}") + getattr(rnn, f"bias_hh_l{layer}"))
         combine = SharedWeight(self.combine.weight)  # (Hd, Hd + Dv), no bias
-        attend = StepAttention(self.attention, memory)  # memory gradients once per batch
         hs, cs = list(state.h.unbind(0)), list(state.c.unbind(0))  # Ld x (B, Hd)
         att_prev = state.att
         atts: list[Tensor] = []
@@ -304,8 +302,8 @@ class Decoder(nn.Module):
                 inputs.append(att_prev)  # (B, Hd)
             context: Tensor | None = None
             if self.attend_first:
-                context, weights = attend(hs[-1])  # (B, Dv), (B, S)
-                inputs.append(context)
+                context, weights = self.attention(hs[-1][:, None, :], memory)  # (B, 1, Dv)
+                inputs.append(context[:, 0])
             x = x_t  # (B, 4Hd) embedding part of the bottom layer's gates
             for layer in range(self.num_layers):
                 if layer > 0:
@@ -315,10 +313,10 @@ class Decoder(nn.Module):
                 hs[layer], cs[layer] = lstm_cell(gates, cs[layer])
             out = hs[-1]  # (B, Hd)
             if context is None:
-                context, weights = attend(out)  # (B, Dv), (B, S)
-            att_prev = torch.tanh(combine(torch.cat([out, context], dim=-1)))  # (B, Hd)
+                context, weights = self.attention(out[:, None, :], memory)  # (B, 1, Dv)
+            att_prev = torch.tanh(combine(torch.cat([out, context[:, 0]], dim=-1)))  # (B, Hd)
             atts.append(att_prev)
-            all_weights.append(weights)  # (B, S)
+            all_weights.append(weights[:, 0])  # (B, S)
         att = torch.stack(atts, dim=1)  # T x (B, Hd) -> (B, T, Hd)
         return self.dropout(att), torch.stack(all_weights, dim=1)  # (B, T, S)
 

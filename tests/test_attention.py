@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from nmt.attention import ATTENTION_KINDS, Attention, Memory, StepAttention
+from nmt.attention import ATTENTION_KINDS, Attention, Memory
 
 B, S, T = 3, 5, 4
 LENGTHS = [5, 2, 1]
@@ -151,46 +151,3 @@ def test_beams_share_a_memory_row(kind: str, steps: int) -> None:
     torch.testing.assert_close(weights, want_weights)
     with pytest.raises(ValueError, match=r"query rows \(7\) must be a multiple of memory rows"):
         att(torch.randn(7, steps, dq), memory)
-
-
-@pytest.mark.parametrize("kind", ATTENTION_KINDS)
-def test_step_attention_matches_attention_in_a_loop(kind: str) -> None:
-    """StepAttention (deferred memory gradients for dot/general) == the module step by step:
-    outputs and the gradients of the query, the values and the key projection, with a loss
-    on the weights as well as on the context."""
-    dq = 6
-    dv = dq if kind == "dot" else 7
-    grads = []
-    for step_attention in (False, True):
-        torch.manual_seed(3)
-        att = Attention(kind, dq, dv)
-        values = torch.randn(B, S, dv, requires_grad=True)
-        mask = torch.tensor([[s < n for s in range(S)] for n in LENGTHS])
-        memory = Memory(values=values, keys=att.project_keys(values), mask=mask)
-        queries = torch.randn(T, B, dq, requires_grad=True)
-        attend = StepAttention(att, memory)
-        assert attend.deferred == (kind in ("dot", "general"))
-        loss = torch.zeros(())
-        outs = []
-        for t in range(T):
-            q = queries[t] * (1.0 + 0.1 * loss)  # each step depends on the one before
-            if step_attention:
-                context, weights = attend(q)
-            else:
-                c3, w3 = att(q[:, None, :], memory)
-                context, weights = c3[:, 0], w3[:, 0]
-            loss = loss + (context.sin().sum() + (weights * weights).sum()) / 10
-            outs.append((context.detach(), weights.detach()))
-        loss.backward()
-        params = [p.grad.clone() for p in att.parameters() if p.grad is not None]
-        assert queries.grad is not None and values.grad is not None
-        grads.append((outs, queries.grad.clone(), values.grad.clone(), params))
-    (ref_outs, ref_q, ref_v, ref_p), (outs, q_grad, v_grad, p_grads) = grads
-    for (c, w), (rc, rw) in zip(outs, ref_outs, strict=True):
-        torch.testing.assert_close(c, rc)
-        torch.testing.assert_close(w, rw)
-    torch.testing.assert_close(q_grad, ref_q)
-    torch.testing.assert_close(v_grad, ref_v)
-    assert len(p_grads) == len(ref_p)
-    for g, r in zip(p_grads, ref_p, strict=True):
-        torch.testing.assert_close(g, r)
