@@ -22,9 +22,10 @@ Rules shared by greedy and beam search:
 
 Beam layout: batch-major; row ``a * K + k`` of the tiled decoder state is beam ``k`` of active
 sentence ``a``; the memory keeps one row per active sentence, shared by its K beams (see
-``Attention.forward``). A step expands every alive beam by the whole vocabulary, takes the top 2K of the
-K*V candidates per sentence, sets aside eos candidates that rank among the top K as finished,
-and keeps the best K non-eos candidates alive (as in fairseq). A sentence is done when it has K
+``Attention.forward``). A step expands every alive beam by the whole vocabulary, takes the top
+2K of the K*V candidates per sentence (``_top_extensions``), sets aside eos candidates that
+rank among the top K as finished, and keeps the best K non-eos candidates alive (as in
+fairseq). A sentence is done when it has K
 finished hypotheses, or its alive hypotheses reach the maximum length (they are then finished
 as they are), or (``early_stop``, the default) no alive hypothesis can still reach the n-th
 best finished score: log-probabilities only fall as a hypothesis grows, so an alive hypothesis
@@ -281,17 +282,17 @@ CHUNK = 64  # vocabulary entries per chunk in ``_top_extensions``
 def _top_extensions(
     log_probs: Tensor, alive_score: Tensor, chunk: int | None = None
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """The top 2K one-token extensions, as ``_top_candidates(_expand(...))`` without building
-    the (A, K*V) candidate scores: log_probs (A*K, V) (eos already blocked), alive_score
-    (A, K) -> (scores (A, 2K), source beam (A, 2K), token (A, 2K)), best first.
+    """The top 2K one-token extensions: log_probs (A*K, V) (eos already blocked), alive_score
+    (A, K) -> (scores (A, 2K), source beam (A, 2K), token (A, 2K)), best first. The same as
+    ``_top_candidates`` on the (A, K*V) table of ``alive_score + log_probs``, without building it.
 
     ``topk`` over K*V = 40,000 candidates per sentence is slow on the CPU (about 1.5 ns per
-    element, unvectorised). Exact shortcut: cut each beam's vocabulary into chunks of
-    ``chunk`` entries (``CHUNK``). A chunk holding one of the 2K best candidates has a maximum at least
-    as large as the 2K-th best score, and at most 2K chunks can (each holds a candidate that
-    good), so the 2K best lie in the 2K chunks with the largest maxima (vectorised ``amax``);
-    the last ``V mod chunk`` entries of each beam are always kept. Then ``topk`` runs over
-    2K * chunk + K * (V mod chunk) candidates. Equal scores may come out in another order.
+    element, unvectorised). Exact shortcut: cut each beam's vocabulary into chunks of ``chunk``
+    (default ``CHUNK``) entries. A chunk holding one of the 2K best candidates has a maximum at
+    least as large as the 2K-th best score, and at most 2K chunks can (each holds a candidate
+    that good), so the 2K best lie in the 2K chunks with the largest maxima (vectorised
+    ``amax``); the last ``V mod chunk`` entries of each beam are always kept. Then ``topk`` runs
+    over 2K * chunk + K * (V mod chunk) candidates. Equal scores may come out in another order.
     """
     active, beam_size = alive_score.shape
     vocab = log_probs.size(1)
