@@ -43,8 +43,13 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     model, tok, _ = load_model(args.ckpt, "cpu")
-    with open(args.src, encoding="utf-8") as f:
-        lines = [line.rstrip("\n") for line in f][: args.sentences]
+    try:
+        with open(args.src, encoding="utf-8") as f:
+            lines = [line.rstrip("\n") for line in f][: args.sentences]
+    except (OSError, UnicodeDecodeError) as e:
+        p.error(f"--src {args.src}: {e}")
+    if not any(line.strip() for line in lines):
+        p.error(f"--src {args.src}: no non-empty lines")
     ids = tok.encode_src([line for line in lines if line.strip()])
     decode = dataclasses.replace(
         DecodeConfig(), beam_size=args.beam, nbest=1, max_tokens=args.max_tokens
