@@ -63,10 +63,10 @@ def main(dcfg: DictConfig) -> None:
     from nmt.data import DataError
     from nmt.trainer import TrainingError, TrainingInterrupted, train
 
-    cfg: TrainConfig = OmegaConf.to_object(dcfg)  # type: ignore[assignment]
-    out_dir = Path(cfg.out_dir or HydraConfig.get().runtime.output_dir)
     ctx = dist_utils.DistContext()
     try:
+        cfg: TrainConfig = OmegaConf.to_object(dcfg)  # type: ignore[assignment]
+        out_dir = Path(cfg.out_dir or HydraConfig.get().runtime.output_dir)
         # join torchrun's process group here (train() reuses it and leaves it when done)
         ctx = dist_utils.init(cfg.device, cfg.trainer.dist_timeout_s)
         if ctx.rank != 0:
@@ -82,12 +82,17 @@ def main(dcfg: DictConfig) -> None:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except TrainingInterrupted as e:
-        if ctx.rank == 0:
+        if ctx.rank == 0 and e.path is not None:
             print(
                 f"interrupted: saved {e.path}; resume with: python -m nmt.train resume={e.path}",
                 file=sys.stderr,
             )
+        elif ctx.rank == 0:
+            print("interrupted before training started: nothing to save", file=sys.stderr)
         sys.exit(128 + e.signum)
+    except KeyboardInterrupt:  # a second Ctrl-C: stop at once; last.pt is the last saved one
+        print("interrupted: stopped at once; last.pt holds the last saved update", file=sys.stderr)
+        sys.exit(130)
     if ctx.rank == 0:
         print(report(results, cfg), flush=True)
 

@@ -11,16 +11,25 @@ import re
 import sys
 from pathlib import Path
 
-from nmt.checkpoint import CheckpointError, average_checkpoints, save_checkpoint
+from nmt.checkpoint import CheckpointError, average_checkpoints, load_checkpoint, save_checkpoint
 
 
 def last_checkpoints(run: Path, n: int) -> list[Path]:
-    """The ``n`` most recent ``ckpt_u{update}.pt`` files of a run directory."""
+    """The ``n`` most recent of the best-N checkpoints that the run's ``last.pt`` keeps.
+
+    Only those: a ``ckpt_u*.pt`` of an earlier run left in the same directory is not this
+    run's, and is never averaged in."""
+    last = run / "last.pt"
+    if not last.is_file():
+        raise CheckpointError(f"{run}: no last.pt, so no list of kept checkpoints; name them")
+    kept = load_checkpoint(last).get("trainer", {}).get("state", {}).get("kept", [])
     found = sorted(
-        (int(m.group(1)), p)
-        for p in run.glob("ckpt_u*.pt")
-        if (m := re.fullmatch(r"ckpt_u(\d+)\.pt", p.name))
+        (int(m.group(1)), run / Path(name).name)
+        for _, name in kept
+        if (m := re.fullmatch(r"ckpt_u(\d+)\.pt", Path(name).name))
     )
+    if len(found) < n:
+        raise CheckpointError(f"{run}: --last {n}, but last.pt keeps {len(found)} checkpoints")
     return [p for _, p in found[-n:]]
 
 
@@ -34,13 +43,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-o", "--output", type=Path, required=True)
     args = ap.parse_args(argv)
     paths = list(args.checkpoints)
-    if args.last:
-        if args.run is None:
-            ap.error("--last needs --run")
-        paths += last_checkpoints(args.run, args.last)
-    if not paths:
-        ap.error("no checkpoints to average")
+    if args.last and args.run is None:
+        ap.error("--last needs --run")
     try:
+        if args.last:
+            paths += last_checkpoints(args.run, args.last)
+        if not paths:
+            ap.error("no checkpoints to average")
         averaged = average_checkpoints(paths)
         save_checkpoint(args.output, averaged)
     except CheckpointError as e:
