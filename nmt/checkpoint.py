@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import socket
 import tempfile
 import warnings
@@ -32,10 +33,29 @@ class CheckpointError(Exception):
     """A checkpoint that is missing, unreadable, foreign or incompatible (one-line message)."""
 
 
-def _temp_prefix(path: Path) -> str:
-    """``.NAME.HOST.PID.``: whose temporary file it is, so a later run can tell a dead
-    writer's leftover from a live writer's file."""
-    return f".{path.name}.{socket.gethostname()}.{os.getpid()}."
+def temp_file(path: Path) -> tuple[int, str]:
+    """A new temporary file beside ``path`` (descriptor, name), named
+    ``.NAME.HOST.PID.RANDOM.tmp``: whose file it is, so a later run can tell a killed
+    writer's leftover from a live writer's file. Its mode is 0666 less the umask."""
+    prefix = f".{path.name}.{socket.gethostname()}.{os.getpid()}."
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_umask())
+    return fd, tmp
+
+
+def write_atomic(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename."""
+    path = Path(path)
+    fd, tmp = temp_file(path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _umask() -> int:
@@ -45,16 +65,13 @@ def _umask() -> int:
 
 
 def remove_stale_temps(directory: str | Path) -> list[Path]:
-    """Remove the temporary files that checkpoint writers of this host left in ``directory``
-    when they were killed (their process is gone); a live writer's files are kept."""
+    """Remove the temporary files that writers of this host left in ``directory`` when they
+    were killed (their process is gone); a live writer's files and other files are kept."""
     removed = []
-    host = socket.gethostname()
+    mine = re.compile(rf"\..+\.{re.escape(socket.gethostname())}\.(\d+)\.[^.]+\.tmp")
     for tmp in Path(directory).glob(".*.tmp"):
-        parts = tmp.name[:-4].rsplit(".", 3)  # [.NAME, HOST, PID, random]
-        if len(parts) != 4 or parts[1] != host or not parts[2].isdigit():
-            continue
-        pid = int(parts[2])
-        if pid == os.getpid() or _alive(pid):
+        m = mine.fullmatch(tmp.name)
+        if m is None or int(m.group(1)) == os.getpid() or _alive(int(m.group(1))):
             continue
         tmp.unlink(missing_ok=True)
         removed.append(tmp)
@@ -80,9 +97,8 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
+    fd, tmp = temp_file(path)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             torch.save({"format": FORMAT, "version": VERSION, **payload}, f)
             f.flush()

@@ -1,5 +1,6 @@
-"""Fault injection for the crash tests: ``NMT_FAULT=NAME:N`` kills this process with SIGKILL
-the N-th time it reaches ``fault_point(NAME)`` (N defaults to 1).
+"""Fault injection for the crash tests: ``NMT_FAULT=NAME:N[:SIG]`` sends this process SIGKILL
+(or SIGTERM / SIGINT with ``:TERM`` / ``:INT``) the N-th time it reaches ``fault_point(NAME)``
+(N defaults to 1).
 
 The points sit where a crash is most likely to lose or corrupt something: inside a checkpoint
 write (temporary file written, not yet renamed; renamed, directory not yet synced), right after
@@ -15,21 +16,21 @@ import signal
 _counts: dict[str, int] = {}
 
 
-def _target() -> tuple[str, int] | None:
+def _target() -> tuple[str, int, int] | None:
     spec = os.environ.get("NMT_FAULT", "")
     if not spec:
         return None
-    name, _, count = spec.partition(":")
-    return name, int(count or 1)
+    name, count, sig = (spec.split(":") + ["", ""])[:3]
+    return name, int(count or 1), int(getattr(signal, f"SIG{sig or 'KILL'}"))
 
 
 _TARGET = _target()
 
 
 def fault_point(name: str) -> None:
-    """SIGKILL this process when ``NMT_FAULT`` names this point and its count is reached."""
+    """Signal this process when ``NMT_FAULT`` names this point and its count is reached."""
     if _TARGET is None or _TARGET[0] != name:
         return
     _counts[name] = _counts.get(name, 0) + 1
     if _counts[name] == _TARGET[1]:
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), _TARGET[2])

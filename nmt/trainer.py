@@ -10,9 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import random
-import shutil
 import signal
 import sys
 import time
@@ -38,6 +36,7 @@ from nmt.checkpoint import (
     model_payload,
     remove_stale_temps,
     save_checkpoint,
+    write_atomic,
 )
 from nmt.config import TrainConfig, TrainerConfig
 from nmt.data import Batch, ParallelDataset, Prepared, collate, prepare
@@ -562,14 +561,7 @@ def adopt_run_files(run: Run, resume_from: Path) -> None:
 def copy_file(src: Path, dst: Path) -> None:
     """Copy atomically: a temporary file beside ``dst``, fsync, rename."""
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.copy-{os.getpid()}.tmp")
-    try:
-        shutil.copyfile(src, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(dst, src.read_bytes())
 
 
 def finished(cfg: TrainConfig, state: TrainState) -> str:
@@ -758,6 +750,7 @@ def finish(run: Run, stop_reason: str) -> dict[str, Any]:
     state, cfg = run.state, run.cfg
     log.info("stopping: %s", stop_reason)
     run.save_last()
+    fault_point("finish")
     if state.update > 0 and state.valid_update != state.update:
         run_validation(
             cfg, run.model, run.prepared, run.device, state, run.scheduler, run.get_monitor(),
@@ -787,9 +780,7 @@ def finish(run: Run, stop_reason: str) -> dict[str, Any]:
 
 def write_json(path: Path, value: Any) -> None:
     """Atomically (temporary file, rename): a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, (json.dumps(value, indent=2) + "\n").encode("utf-8"))
 
 
 def train_update(
