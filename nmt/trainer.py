@@ -48,6 +48,7 @@ from nmt.monitor import Monitor
 from nmt.optim import Scheduler, build_optimizer, build_scheduler
 from nmt.runtime import pick_device, tune_malloc
 from nmt.search import translate_lines
+from nmt.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -502,7 +503,15 @@ def setup(cfg: TrainConfig, out_dir: Path) -> Run:
         )
     if resume_from is not None:
         run.state = resume(
-            resume_from, model, optimizer, scheduler, scaler, sampler, ctx.world_size, ctx.rank
+            resume_from,
+            model,
+            optimizer,
+            scheduler,
+            scaler,
+            sampler,
+            ctx.world_size,
+            ctx.rank,
+            tok.fingerprint(),
         )
         adopt_run_files(run, resume_from)
         log.info(
@@ -981,18 +990,21 @@ def resume(
     sampler: BucketBatchSampler,
     world_size: int,
     rank: int = 0,
+    data_fingerprint: str | None = None,
 ) -> TrainState:
     ckpt = load_checkpoint(path)
     if "trainer" not in ckpt:
         raise CheckpointError(
             f"{path}: a model-only checkpoint (best/averaged) cannot resume training"
         )
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
+    tokenizer = Tokenizer.from_bytes(ckpt["tokenizer"])
+    if data_fingerprint is not None and tokenizer.fingerprint() != data_fingerprint:
         raise CheckpointError(
-            f"{path}: does not fit this model config ({str(e).splitlines()[0]})"
-        ) from None
+            f"{path}: its SentencePiece model (fingerprint {tokenizer.fingerprint()[:12]}) is "
+            f"not the one the data was prepared with ({data_fingerprint[:12]}): the weights "
+            "would meet another vocabulary; use the same data and tokenizer settings"
+        )
+    check_fits(path, ckpt["model"], model)
     t = ckpt["trainer"]
     optimizer.load_state_dict(t["optimizer"])
     scheduler.load_state_dict(t["scheduler"])
@@ -1016,6 +1028,31 @@ def resume(
             state.epoch + 1,
         )
     return state
+
+
+def check_fits(path: Path, weights: dict[str, torch.Tensor], model: nn.Module) -> None:
+    """Load ``weights`` into ``model``, or say in one line which tensors differ."""
+    own = model.state_dict()
+    sized = [
+        f"{k} {tuple(v.shape)} in the checkpoint, {tuple(own[k].shape)} here"
+        for k, v in weights.items()
+        if k in own and v.shape != own[k].shape
+    ]
+    missing = [k for k in own if k not in weights]
+    extra = [k for k in weights if k not in own]
+    problems = []
+    if sized:
+        problems.append(f"{len(sized)} tensors differ in size: " + "; ".join(sized[:3]))
+    if missing:
+        problems.append(f"{len(missing)} missing: " + ", ".join(missing[:3]))
+    if extra:
+        problems.append(f"{len(extra)} unexpected: " + ", ".join(extra[:3]))
+    if problems:
+        raise CheckpointError(
+            f"{path}: does not fit this model config ({' | '.join(problems)}); resume with the "
+            "run's own model settings"
+        )
+    model.load_state_dict(weights)
 
 
 def evaluate_test(

@@ -409,13 +409,10 @@ def test_average_last_takes_only_this_runs_checkpoints(
     foreign.write_bytes(b"not ours")
     base = quiet(corpus, cache, "trainer.valid_every=1", "trainer.early_stop_metric=loss")
     train(compose_train(base + ["trainer.max_updates=3", "trainer.keep_best=2"]), out)
-    sys.path.insert(0, str(ROOT / "scripts"))
-    from average_checkpoints import last_checkpoints
+    from nmt.average import last_checkpoints
 
     assert [p.name for p in last_checkpoints(out, 2)] == ["ckpt_u2.pt", "ckpt_u3.pt"]
-    res = python(
-        "scripts/average_checkpoints.py", "--run", str(out), "--last", "2", "-o", str(out / "a.pt")
-    )
+    res = python("-m", "nmt.average", "--run", str(out), "--last", "2", "-o", str(out / "a.pt"))
     assert res.returncode == 0, res.stderr
     assert load_checkpoint(out / "a.pt")["averaged_from"] == [
         str(out / "ckpt_u2.pt"),
