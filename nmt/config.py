@@ -88,6 +88,10 @@ class TokenizerConfig:
     bos_id: int = 2
     eos_id: int = 3
     seed: int = 1
+    # reuse SentencePiece model(s) instead of training: a .model file (joint), a directory with
+    # spm.model or src.model + tgt.model (e.g. another run's data cache), or an nmt checkpoint;
+    # the settings above are then ignored (the model brings its own vocabulary and special ids)
+    model: str | None = None
 
     def check(self, p: str = "tokenizer") -> None:
         _choice(f"{p}.model_type", self.model_type, ("unigram", "bpe", "char", "word"))
@@ -240,6 +244,9 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     resume: str | None = None  # checkpoint to resume from; a run dir with last.pt resumes too
     out_dir: str | None = None  # None = Hydra's run directory
+    # start a new run from this checkpoint's weights and SentencePiece model (fine-tuning on
+    # new data); optimizer, schedule, counters and best score start fresh
+    init_from: str | None = None
     eval_test: bool = True  # score best.pt on the test split when training ends
 
     def __post_init__(self) -> None:

@@ -32,7 +32,7 @@ from torch import Tensor
 
 from nmt.config import DataConfig, TokenizerConfig
 from nmt.faults import fault_point
-from nmt.tokenizer import Tokenizer, split_lines
+from nmt.tokenizer import Tokenizer, read_tokenizer, split_lines
 
 logger = logging.getLogger(__name__)
 
@@ -214,14 +214,17 @@ class Prepared:
 
 
 def _cache_key(data: DataConfig, tok: TokenizerConfig, digests: list[bytes]) -> str:
-    """Hash of everything the cache content depends on (not paths, not thread counts)."""
+    """Hash of everything the cache content depends on (not paths, not thread counts); with
+    ``tokenizer.model`` the reused model's fingerprint stands for the tokenizer settings."""
     settings = {
         "version": CACHE_VERSION,
         "src": data.src,
         "tgt": data.tgt,
         "max_len": data.max_len,
         "max_ratio": data.max_ratio,
-        "tokenizer": asdict(tok),
+        "tokenizer": asdict(tok)
+        if not tok.model
+        else {"model": read_tokenizer(tok.model).fingerprint()},
     }
     h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode("utf-8"))
     for digest in digests:
@@ -267,9 +270,13 @@ def _build(
     t0 = time.perf_counter()
     train_src, train_tgt = paths["train"]
     try:
-        tokenizer = Tokenizer.train(
-            tok, [train_src], [train_tgt], out, num_threads=data.num_threads
-        )
+        if tok.model:  # reuse, never retrain
+            tokenizer = read_tokenizer(tok.model)
+            tokenizer.save(out)
+        else:
+            tokenizer = Tokenizer.train(
+                tok, [train_src], [train_tgt], out, num_threads=data.num_threads
+            )
     except RuntimeError as e:  # e.g. vocabulary too large for the corpus
         reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
         raise DataError(

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-from nmt.config import TokenizerConfig
+from nmt.config import ConfigError, TokenizerConfig
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +144,15 @@ class Tokenizer:
             (out_dir / SRC_MODEL).read_bytes(), (out_dir / TGT_MODEL).read_bytes(), joint=False
         )
 
+    def save(self, out_dir: Path) -> None:
+        """Write the model(s) as ``train`` does: spm.model, or src.model and tgt.model."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if self.joint:
+            (out_dir / JOINT_MODEL).write_bytes(self._src_proto)
+        else:
+            (out_dir / SRC_MODEL).write_bytes(self._src_proto)
+            (out_dir / TGT_MODEL).write_bytes(self._tgt_proto)
+
     def encode_src(self, lines: list[str], num_threads: int = 0) -> list[list[int]]:
         """Source lines -> subword ids (no bos/eos), with SentencePiece's threaded batch API."""
         ids: list[list[int]] = self._src.encode(lines, num_threads=resolve_threads(num_threads))
@@ -184,3 +193,43 @@ class Tokenizer:
         h.update(self._src_proto)
         h.update(self._tgt_proto)
         return h.hexdigest()
+
+
+class TokenizerSourceError(ConfigError):
+    """``tokenizer.model`` names nothing a tokenizer can be read from (one-line message)."""
+
+
+def read_tokenizer(spec: str) -> Tokenizer:
+    """The SentencePiece model(s) ``tokenizer.model`` names, to reuse instead of training:
+
+    - an nmt checkpoint (``*.pt``): the tokenizer it carries;
+    - a directory: a prepared cache or any folder with ``spm.model``, or ``src.model`` and
+      ``tgt.model``;
+    - a SentencePiece ``.model`` file: one joint model for both sides.
+    """
+    path = Path(spec)
+    if path.is_dir():
+        if not ((path / JOINT_MODEL).is_file() or (path / SRC_MODEL).is_file()):
+            raise TokenizerSourceError(
+                f"tokenizer.model={spec}: the directory holds no {JOINT_MODEL} and no "
+                f"{SRC_MODEL} + {TGT_MODEL}"
+            )
+        return _checked(spec, lambda: Tokenizer.load(path))
+    if not path.is_file():
+        raise TokenizerSourceError(f"tokenizer.model={spec}: no such file or directory")
+    if path.suffix == ".pt":
+        from nmt.checkpoint import load_checkpoint  # checkpoint imports this module
+
+        return Tokenizer.from_bytes(load_checkpoint(path)["tokenizer"])
+    proto = path.read_bytes()
+    return _checked(spec, lambda: Tokenizer(proto, proto, joint=True))
+
+
+def _checked(spec: str, make: object) -> Tokenizer:
+    try:
+        return make()  # type: ignore[operator, no-any-return]
+    except (OSError, RuntimeError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TokenizerSourceError(
+            f"tokenizer.model={spec}: not a SentencePiece model nmt can use ({first[:160]})"
+        ) from None

@@ -33,6 +33,7 @@ from nmt.batching import BucketBatchSampler
 from nmt.checkpoint import (
     CheckpointError,
     load_checkpoint,
+    model_config_from,
     model_payload,
     remove_stale_temps,
     save_checkpoint,
@@ -449,8 +450,22 @@ class Run:
         return self.monitor
 
 
+def init_from_config(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Any] | None]:
+    """With ``init_from=CKPT``: the run takes that checkpoint's model shape (this config's
+    ``model.dropout`` and ``model.rnn_impl`` still apply) and its SentencePiece model, so new
+    data is encoded with the vocabulary the weights were trained on."""
+    if not cfg.init_from:
+        return cfg, None
+    ckpt = load_checkpoint(cfg.init_from)
+    shape = model_config_from(ckpt)
+    model = replace(shape, dropout=cfg.model.dropout, rnn_impl=cfg.model.rnn_impl)
+    tokenizer = replace(cfg.tokenizer, model=cfg.init_from)
+    return replace(cfg, model=model, tokenizer=tokenizer), ckpt
+
+
 def setup(cfg: TrainConfig, out_dir: Path) -> Run:
     """Device, data, model, optimizer, and the state to continue from."""
+    cfg, init = init_from_config(cfg)
     ctx = dist_utils.init(cfg.device, cfg.trainer.dist_timeout_s)
     device = ctx.device if ctx.world_size > 1 else pick_device(cfg.device)
     tcfg, ocfg = cfg.trainer, cfg.optim
@@ -522,6 +537,8 @@ def setup(cfg: TrainConfig, out_dir: Path) -> Run:
         )
     else:
         sampler.set_epoch(0)
+        if init is not None:
+            start_from(run, Path(str(cfg.init_from)), init)
     if run.is_main:
         log.info(
             "model: %.2fM parameters; train pairs: %d; device: %s; world size: %d",
@@ -531,6 +548,19 @@ def setup(cfg: TrainConfig, out_dir: Path) -> Run:
             ctx.world_size,
         )
     return run
+
+
+def start_from(run: Run, path: Path, ckpt: dict[str, Any]) -> None:
+    """A new run from ``path``'s weights (fine-tuning); everything else starts fresh."""
+    theirs = Tokenizer.from_bytes(ckpt["tokenizer"]).fingerprint()
+    ours = run.prepared.tokenizer.fingerprint()
+    if theirs != ours:
+        raise CheckpointError(
+            f"init_from={path}: its SentencePiece model (fingerprint {theirs[:12]}) is not the "
+            f"one the data was prepared with ({ours[:12]})"
+        )
+    check_fits(path, ckpt["model"], run.model)
+    log.info("initialised the model from %s (optimizer, schedule and counters start fresh)", path)
 
 
 def check_epoch_size(sampler: BucketBatchSampler, tcfg: TrainerConfig, world_size: int) -> None:

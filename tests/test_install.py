@@ -34,9 +34,14 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]
     tmp = tmp_path_factory.mktemp("install")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env["PIP_NO_INDEX"] = "1"  # never download
+    # build from a copy: a build writes build/ and *.egg-info into the tree it builds
+    skip = (".venv", ".git", "build", "dist", "runs", "data", "*.egg-info", "__pycache__")
+    skip += (".pytest_cache", ".mypy_cache", ".ruff_cache", ".peers", ".whl", "outputs")
+    src = tmp / "src"
+    shutil.copytree(ROOT, src, symlinks=True, ignore=shutil.ignore_patterns(*skip))
     sh(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w"]
-        + [str(tmp / "wheels"), str(ROOT)],
+        + [str(tmp / "wheels"), str(src)],
         tmp,
         env,
     )

@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
 from nmt.checkpoint import CheckpointError, load_checkpoint
 from nmt.trainer import train
@@ -98,3 +99,82 @@ def test_another_vocabulary_is_refused(corpus: Path, tmp_path: Path) -> None:
     )
     with pytest.raises(CheckpointError, match="SentencePiece model .* not the one the data"):
         train(other, tmp_path / "b")
+
+
+def readme_commands() -> list[list[str]]:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("## Resuming, extending and fine-tuning") :]
+    block = section[section.index("```bash\n") + 8 : section.index("```\n", 10)]
+    return [shlex.split(line) for line in block.splitlines() if line.startswith("python ")]
+
+
+@pytest.mark.slow
+def test_readme_resume_and_fine_tune_commands(tmp_path: Path) -> None:
+    """The README's four commands as written, each with small limits appended."""
+    mydata = tmp_path / "mydata"
+    mydata.mkdir()
+    for split, (start, n) in {"train": (0, 400), "dev": (0, 10), "test": (0, 10)}.items():
+        for lang in ("de", "en"):
+            lines = (ROOT / f"data/lo.de-en/{split}.{lang}").read_text(encoding="utf-8")
+            chosen = lines.splitlines()[start : start + n]
+            (mydata / f"{split}.{lang}").write_text("\n".join(chosen) + "\n", encoding="utf-8")
+    small = ["trainer.progress=false", "decode.beam_size=2", "decode.max_len_a=1.0"]
+    small += ["decode.max_len_b=3", "device=cpu", "trainer.valid_every=1000"]
+    base = run(
+        ["-m", "nmt.train", "data.dir=mydata", "model=tiny", "tokenizer.vocab_size=300"]
+        + ["trainer.max_updates=3", "hydra.run.dir=runs/default", *small],
+        cwd=tmp_path,
+    )
+    assert base.returncode == 0, base.stderr[-3000:]
+    resume, extend, finetune, reuse = readme_commands()
+    extra = {
+        "resume=runs/default/last.pt": [],
+        "resume=runs/default": ["trainer.max_updates=4"],
+        "init_from=runs/default/best.pt": ["trainer.max_updates=2", *small],
+        "tokenizer.model=runs/default/best.pt": ["model=tiny", "trainer.max_updates=2", *small],
+    }
+    for command in (resume, extend, finetune, reuse):
+        assert command[:3] == ["python", "-m", "nmt.train"]
+        res = run([*command[1:], *extra[command[3]]], cwd=tmp_path)
+        assert res.returncode == 0, (command, res.stderr[-3000:])
+    assert load_checkpoint(tmp_path / "runs/default/last.pt")["trainer"]["state"]["update"] == 4
+    first = load_checkpoint(tmp_path / "runs/default/best.pt")
+    for name in ("finetuned", "other"):
+        ckpt = load_checkpoint(tmp_path / f"runs/{name}/last.pt")
+        assert ckpt["tokenizer"] == first["tokenizer"], name  # the same SentencePiece model
+        assert ckpt["trainer"]["state"]["update"] == 2
+
+
+def test_fine_tuning_starts_from_the_weights_and_fresh_counters(
+    corpus: Path, tmp_path: Path
+) -> None:
+    cache = tmp_path / "cache"
+    cfg = compose_train(quiet(corpus, cache, "trainer.max_updates=3"))
+    train(cfg, tmp_path / "a")
+    other = cut_corpus(tmp_path / "other", {"train": 200, "dev": 10, "test": 10})
+    tuned = compose_train(
+        quiet(other, cache, "trainer.max_updates=1", "optim.lr=1e-12", "model.emb_size=999")
+    )
+    train(replace(tuned, init_from=str(tmp_path / "a/last.pt")), tmp_path / "b")
+    a, b = load_checkpoint(tmp_path / "a/last.pt"), load_checkpoint(tmp_path / "b/last.pt")
+    assert b["tokenizer"] == a["tokenizer"] and b["model_config"] == a["model_config"]
+    assert b["trainer"]["state"]["update"] == 1 and b["trainer"]["state"]["best_update"] == 1
+    for k, v in a["model"].items():  # one step at lr 1e-12: still the first run's weights
+        assert torch.allclose(b["model"][k], v, atol=1e-6), k
+    fresh = compose_train(quiet(other, cache, "trainer.max_updates=1", "optim.lr=1e-12"))
+    train(fresh, tmp_path / "c")
+    c = load_checkpoint(tmp_path / "c/last.pt")
+    assert not torch.allclose(c["model"]["output.weight"], a["model"]["output.weight"])
+
+
+def test_tokenizer_model_errors(corpus: Path, tmp_path: Path) -> None:
+    for spec, needle in [
+        (tmp_path / "missing.model", "no such file"),
+        (tmp_path, "holds no spm.model"),
+        (corpus / "train.es", "not a SentencePiece model"),
+    ]:
+        res = run(
+            ["-m", "nmt.train", *quiet(corpus, tmp_path / "cache"), f"tokenizer.model={spec}"]
+            + [f"hydra.run.dir={tmp_path / 'run'}"]
+        )
+        one_error_line(res, f"tokenizer.model={spec}", needle)
