@@ -116,6 +116,21 @@ class DecodeConfig:
 
 
 @dataclass
+class MetricsConfig:
+    """sacrebleu settings. By default they follow the target language as sacrebleu's own
+    ``-l src-tgt`` does: BLEU's tokenizer is zh for zh, ja-mecab for ja, ko-mecab for ko, 13a
+    otherwise; chrF and TER keep sacrebleu's defaults (they have no language-specific ones)."""
+
+    lang: str | None = None  # target language; None = data.tgt / the checkpoint's / ref suffix
+    tokenize: str | None = None  # BLEU tokenizer (13a, intl, zh, ja-mecab, ko-mecab, char, ...)
+    lowercase: bool = False  # BLEU and chrF
+    chrf_word_order: int = 0  # 2 = chrF++
+    ter_normalized: bool = False
+    ter_asian_support: bool = False
+    ter_case_sensitive: bool = False
+
+
+@dataclass
 class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
@@ -123,6 +138,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)  # validation and test scores
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     resume: str | None = None  # checkpoint to resume from; a run dir with last.pt resumes too
     out_dir: str | None = None  # None = Hydra's run directory
@@ -141,6 +157,9 @@ class TranslateConfig:
     input: str = "-"
     output: str = "-"
     nbest_output: str | None = None  # write n-best lists with scores here
+    # write each best hypothesis' hard alignment here, Pharaoh "i-j" (source i, target j)
+    alignment_output: str | None = None
+    alignment_unit: str = "word"  # word (whitespace-separated words) | subword (pieces)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     device: str = "auto"
     progress: bool = True
@@ -148,11 +167,17 @@ class TranslateConfig:
 
 @dataclass
 class EvaluateConfig:
-    ckpt: str = "???"
-    src: str = "???"  # source file
-    ref: str = "???"  # reference file
+    ref: str = "???"  # reference file; several (one reference set each) joined by commas
+    ckpt: str | None = None  # translate src with this checkpoint (or comma-joined ensemble)
+    src: str | None = None  # source file (with ckpt)
+    hyp: str | None = None  # hypothesis file(s) to score as they are, joined by commas
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    metric_names: list[str] = field(default_factory=lambda: ["bleu", "chrf", "ter"])
+    paired: str | None = None  # compare systems: bs (paired bootstrap) | ar (approx. random.)
+    paired_n: int = 0  # resamples (bs) or trials (ar); 0 = sacrebleu's 1000 / 10000
+    confidence_n: int = 0  # > 1: bootstrap 95% confidence interval of a single system
     hyp_output: str | None = None  # where to write the translations
-    json_output: str | None = None  # where to write the scores
+    json_output: str | None = None  # where to write the scores (sacrebleu's JSON shape)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     device: str = "auto"
     progress: bool = True

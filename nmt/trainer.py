@@ -33,7 +33,7 @@ from nmt.checkpoint import CheckpointError, load_checkpoint, model_payload, save
 from nmt.config import TrainConfig, TrainerConfig
 from nmt.data import Batch, ParallelDataset, Prepared, collate, prepare
 from nmt.loss import smoothed_loss_and_nll
-from nmt.metrics import score
+from nmt.metrics import check_settings, score
 from nmt.model import Seq2Seq, build_model
 from nmt.monitor import Monitor
 from nmt.optim import Scheduler, build_optimizer, build_scheduler
@@ -225,7 +225,7 @@ def validate(
     decode = replace(cfg.decode, beam_size=cfg.trainer.valid_beam_size, nbest=1)
     hyps = translate_lines(model, tok, src_lines, decode, device)
     texts = tok.decode_tgt([h[0].tokens for h in hyps])
-    scores = score(texts, ref_lines, ("bleu", "chrf"))
+    scores = score(texts, ref_lines, ("bleu", "chrf"), cfg.data.tgt, cfg.metrics)
     model.train()
     return {
         "loss": loss,
@@ -377,6 +377,7 @@ def train(cfg: TrainConfig, out_dir: Path) -> dict[str, Any]:
         raise TrainingError(
             f"trainer.early_stop_metric: unknown '{tcfg.early_stop_metric}' (bleu | chrf | loss)"
         )
+    check_settings(cfg.data.tgt, cfg.metrics)  # e.g. ja/ko targets without MeCab: fail now
     seed_everything(tcfg.seed)
 
     # data: rank 0 builds the cache, the others then find it
@@ -830,7 +831,7 @@ def evaluate_test(
     texts = prepared.tokenizer.decode_tgt([h[0].tokens for h in hyps])
     hyp_path = out_dir / f"test.hyp.{cfg.data.tgt}"
     hyp_path.write_text("".join(t + "\n" for t in texts), encoding="utf-8")
-    scores = score(texts, ref, ("bleu", "chrf"))
+    scores = score(texts, ref, ("bleu", "chrf"), cfg.data.tgt, cfg.metrics)
     scores["translations"] = str(hyp_path)
     scores["checkpoint"] = str(best if best.is_file() else out_dir / "last.pt")
     scores["beam_size"] = cfg.decode.beam_size
