@@ -176,6 +176,7 @@ class EvaluateConfig:
     paired: str | None = None  # compare systems: bs (paired bootstrap) | ar (approx. random.)
     paired_n: int = 0  # resamples (bs) or trials (ar); 0 = sacrebleu's 1000 / 10000
     confidence_n: int = 0  # > 1: bootstrap 95% confidence interval of a single system
+    width: int = 1  # decimals of the scores (sacrebleu's -w)
     hyp_output: str | None = None  # where to write the translations
     json_output: str | None = None  # where to write the scores (sacrebleu's JSON shape)
     decode: DecodeConfig = field(default_factory=DecodeConfig)

@@ -197,7 +197,8 @@ def paired_test(
             raise MetricError(f"{name}: {e}") from None
     ordered = sorted(_check_names(metrics))
     objects = {n.upper(): make_metric(n, lang, settings, references=streams) for n in ordered}
-    named = [(f"Baseline: {systems[0][0]}", systems[0][1]), *systems[1:]]
+    named: list[tuple[str, Sequence[str]]] = [(f"Baseline: {systems[0][0]}", systems[0][1])]
+    named += systems[1:]
     ps = PairedTest(named, objects, references=None, test_type=test, n_samples=n_samples)
     sigs, table = ps()
     rows = []

@@ -125,7 +125,9 @@ def test_settings_override_the_language_default() -> None:
     )
     out = score(HYPS, REFS, ("bleu",), lang="en", settings=MetricsConfig(lang="ja"))
     assert "tok:ja-mecab" in str(out["bleu_signature"])
-    s = MetricsConfig(lowercase=True, chrf_word_order=2, ter_asian_support=True, ter_normalized=True)
+    s = MetricsConfig(
+        lowercase=True, chrf_word_order=2, ter_asian_support=True, ter_normalized=True
+    )
     out = score(ZH_HYP, ZH_REF, ("chrf", "ter"), settings=s)
     assert out["chrf"] == pytest.approx(
         CHRF(word_order=2, lowercase=True).corpus_score(ZH_HYP, [ZH_REF]).score
