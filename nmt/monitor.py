@@ -135,10 +135,13 @@ def pick_sentences(srcs: list[str], tokenizer: Tokenizer) -> list[str]:
     return (fit or [s for s in srcs if s.strip()])[:N_HEATMAPS]
 
 
-def render_attention(items: list[Translation], dpi: int = 100) -> np.ndarray | None:
+def render_attention(
+    items: list[Translation], dpi: int = 100, max_rows: int = 2 * HEATMAP_MAX_PIECES
+) -> np.ndarray | None:
     """Labelled heatmaps (one panel per translation, stacked) as an (H, W, 3) uint8 image;
     None without matplotlib. Drawn with matplotlib's Agg canvas (no display, no global
-    pyplot state); ~0.3 inch per subword so 9-point labels stay legible."""
+    pyplot state); ~0.3 inch per subword so 9-point labels stay legible; at most
+    ``max_rows`` output subwords per panel (an untrained model's runaway outputs are cut)."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -148,21 +151,24 @@ def render_attention(items: list[Translation], dpi: int = 100) -> np.ndarray | N
     if not items:
         return None
     cell = 0.3  # inches per subword
+    shown = [min(t.attention.shape[0], max_rows) for t in items]  # output rows drawn
     cols = max(t.attention.shape[1] for t in items)
-    heights = [t.attention.shape[0] * cell + 1.6 for t in items]
+    heights = [n * cell + 1.6 for n in shown]
     fig = Figure(figsize=(max(cols * cell + 2.5, 5.0), sum(heights)), dpi=dpi)
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(items), 1, gridspec_kw={"height_ratios": heights}, squeeze=False)
-    for ax, t in zip(axes[:, 0], items, strict=True):
-        image = ax.imshow(t.attention, cmap="Blues", vmin=0.0, vmax=1.0, aspect="equal")
+    for ax, t, n in zip(axes[:, 0], items, shown, strict=True):
+        image = ax.imshow(t.attention[:n], cmap="Blues", vmin=0.0, vmax=1.0, aspect="equal")
         src = [*t.src_pieces, "</s>"]
-        tgt = [*t.tgt_pieces, "</s>"]
+        tgt = [*t.tgt_pieces, "</s>"][:n]
         ax.set_xticks(range(len(src)), src, rotation=90, fontsize=9)
         ax.set_yticks(range(len(tgt)), tgt, fontsize=9)
         ax.tick_params(length=0)
         ax.xaxis.tick_top()
         ax.set_xlabel("source subwords", fontsize=9)
-        ax.set_ylabel("output subwords", fontsize=9)
+        rows = len(t.tgt_pieces) + 1
+        more = f" (first {n} of {rows})" if n < rows else ""
+        ax.set_ylabel(f"output subwords{more}", fontsize=9)
         fig.colorbar(image, ax=ax, fraction=0.03, pad=0.02)
     fig.tight_layout()
     fig.canvas.draw()

@@ -130,4 +130,7 @@ def main(dcfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    from nmt.evaluate import quote_path_lists  # ckpt=a.pt,b.pt: one value, not a sweep
+
+    sys.argv = quote_path_lists(sys.argv)
     main()

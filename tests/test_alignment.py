@@ -21,6 +21,7 @@ from nmt.translate import run as translate_run
 ROOT = Path(__file__).resolve().parents[1]
 GREEDY = DecodeConfig(beam_size=1, max_len_a=1.0, max_len_b=3)
 BEAM = DecodeConfig(beam_size=3, max_len_a=1.0, max_len_b=3)
+BEAM5 = DecodeConfig(beam_size=5, max_len_b=3)  # nmt.translate's default beam, max_len_b=3
 
 
 def test_hard_alignment_by_hand() -> None:
@@ -87,13 +88,15 @@ def test_translate_with_attention(tiny_ckpt) -> None:
 
 
 def test_alignment_output_cli(tiny_ckpt, tmp_path: Path) -> None:
-    """README: ``nmt.translate ... alignment_output=my.align``, as a user runs it."""
+    """README: ``nmt.translate ... alignment_output=my.align``, as a user runs it (with a
+    comma-joined ensemble, as the README's ensemble command: the same model twice)."""
+    ckpt = tiny_ckpt.path
     src_lines = ["Y dijo Dios: Sea la luz.", "", "Y fue la tarde y la mañana el día primero."]
     src = tmp_path / "my.es"
     src.write_text("\n".join(src_lines) + "\n", encoding="utf-8")
     out, align = tmp_path / "my.en", tmp_path / "my.align"
     r = subprocess.run(
-        [sys.executable, "-m", "nmt.translate", f"ckpt={tiny_ckpt.path}", f"input={src}"]
+        [sys.executable, "-m", "nmt.translate", f"ckpt={ckpt},{ckpt}", f"input={src}"]
         + [f"output={out}", f"alignment_output={align}", "device=cpu", "decode.max_len_b=3"],
         cwd=ROOT,
         capture_output=True,
@@ -104,6 +107,13 @@ def test_alignment_output_cli(tiny_ckpt, tmp_path: Path) -> None:
     hyps = out.read_text(encoding="utf-8").splitlines()
     rows = align.read_text(encoding="utf-8").split("\n")[:-1]
     assert len(rows) == len(src_lines) == len(hyps) and rows[1] == ""
+    texts = [
+        t.text
+        for t in translate_with_attention(
+            tiny_ckpt.model, tiny_ckpt.tokenizer, src_lines, BEAM5, "cpu"
+        )
+    ]
+    assert hyps == texts
     for line, hyp, row in zip(src_lines, hyps, rows, strict=True):
         for link in row.split():
             assert re.fullmatch(r"\d+-\d+", link), row
