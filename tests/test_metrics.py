@@ -223,3 +223,72 @@ def test_paired_test_rejects_bad_requests() -> None:
         paired_test([("a", HYPS), ("b", HYPS)], REFS, test="tt")
     with pytest.raises(MetricError, match="b: hypotheses and references differ"):
         paired_test([("a", HYPS), ("b", HYPS[:2])], REFS)
+
+
+# ------------------------------------------------------------------------ in training
+
+
+def _compose_train(overrides: list[str]):  # type: ignore[no-untyped-def]
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from nmt.train import main as _register  # noqa: F401  (registers train_schema)
+
+    root = Path(__file__).resolve().parents[1]
+    with initialize_config_dir(config_dir=str(root / "configs"), version_base="1.3"):
+        return OmegaConf.to_object(compose("train", overrides=overrides))
+
+
+def test_training_scores_in_the_target_language(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Validation and the test report use data.tgt: a corpus whose target is called zh gets
+    sacrebleu's zh tokenizer (the text is English here: only the setting is checked)."""
+    from nmt.trainer import train
+
+    root = Path(__file__).resolve().parents[1]
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for split, n in (("train", 200), ("dev", 8), ("test", 8)):
+        for lang, name in (("es", "es"), ("en", "zh")):
+            lines = (root / "data/demo.es-en" / f"{split}.{lang}").read_text(encoding="utf-8")
+            (corpus / f"{split}.{name}").write_text(
+                "\n".join(lines.splitlines()[:n]) + "\n", encoding="utf-8"
+            )
+    cfg = _compose_train(
+        [
+            "data=demo_es_en",
+            f"data.dir={corpus}",
+            "data.tgt=zh",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            "model=tiny",
+            "tokenizer.vocab_size=200",
+            "trainer.max_updates=2",
+            "trainer.valid_every=2",
+            "trainer.progress=false",
+            "trainer.tensorboard=false",
+            "decode.beam_size=1",
+            "decode.max_len_b=2",
+            "device=cpu",
+        ]
+    )
+    with caplog.at_level("INFO", logger="nmt.trainer"):
+        res = train(cfg, tmp_path / "run")
+    assert "tok:zh" in res["test"]["bleu_signature"]
+    report = json.loads((tmp_path / "run" / "test_scores.json").read_text())
+    assert "tok:zh" in report["bleu_signature"]
+    validations = [r.getMessage() for r in caplog.records if "validation at" in r.getMessage()]
+    assert validations and all("tok:zh" in m for m in validations)
+
+
+def test_training_stops_at_once_without_mecab(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sacrebleu.tokenizers import tokenizer_ja_mecab
+
+    from nmt.trainer import train
+
+    monkeypatch.setattr(tokenizer_ja_mecab, "MeCab", None)
+    cfg = _compose_train(["data.tgt=ja", f"data.dir={tmp_path}/none", "device=cpu"])
+    with pytest.raises(MetricError, match=r"nmt\[ja\]"):
+        train(cfg, tmp_path / "run")  # before any data is read
