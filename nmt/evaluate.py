@@ -48,9 +48,8 @@ def checkpoint_language(spec: str) -> str:
 def translate_file(cfg: EvaluateConfig) -> list[str]:
     """Translate ``cfg.src`` with ``cfg.ckpt``; detokenised lines (empty in, empty out)."""
     from nmt.checkpoint import load_for_decoding
-    from nmt.runtime import tune_malloc
+    from nmt.runtime import pick_device, tune_malloc
     from nmt.search import translate_lines
-    from nmt.trainer import pick_device
     from nmt.translate import read_lines
 
     tune_malloc()
@@ -68,8 +67,10 @@ def translate_file(cfg: EvaluateConfig) -> list[str]:
 def run(cfg: EvaluateConfig) -> tuple[list[dict[str, Any]], str]:
     """Score (or compare) as asked; returns sacrebleu's JSON object and the text to print."""
     from nmt.metrics import language_code, paired_test, sacrebleu_json
-    from nmt.translate import InputError, read_lines, write_lines
+    from nmt.translate import InputError, check_writable, read_lines, write_lines
 
+    check_writable("hyp_output", cfg.hyp_output)
+    check_writable("json_output", cfg.json_output)
     ref_paths = _paths(cfg.ref)
     if not ref_paths:
         raise InputError("ref: no reference file given")
@@ -150,16 +151,22 @@ def format_paired(rows: list[dict[str, Any]], sigs: dict[str, str], test: str) -
     return "\n".join(out)
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="evaluate")
-def main(dcfg: DictConfig) -> None:
+def main() -> None:
+    """``nmt-evaluate`` / ``python -m nmt.evaluate``."""
+    sys.argv = quote_path_lists(sys.argv)
+    _main()
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="evaluate")
+def _main(dcfg: DictConfig) -> None:
     from nmt.checkpoint import CheckpointError
     from nmt.translate import InputError
 
     logging.basicConfig(
         level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
-    cfg: EvaluateConfig = OmegaConf.to_object(dcfg)  # type: ignore[assignment]
     try:
+        cfg: EvaluateConfig = OmegaConf.to_object(dcfg)  # type: ignore[assignment]
         result, text = run(cfg)
     except (InputError, CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -184,5 +191,4 @@ def quote_path_lists(argv: list[str], keys: tuple[str, ...] = ("ref", "hyp", "ck
 
 
 if __name__ == "__main__":
-    sys.argv = quote_path_lists(sys.argv)
     main()

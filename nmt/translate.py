@@ -11,6 +11,7 @@ with ``alignment_unit=subword`` (SentencePiece pieces, eos excluded).
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,16 +33,35 @@ log = logging.getLogger("nmt.translate")
 
 
 class InputError(Exception):
-    """Unreadable input text (one-line message)."""
+    """Unreadable input text or an output that cannot be written (one-line message)."""
+
+
+def check_writable(key: str, path: str | None) -> None:
+    """Fail before any work when ``path`` (``-`` = stdout) could not be written."""
+    if path is None or path == "-":
+        return
+    p = Path(path)
+    parent = p.parent if str(p.parent) else Path(".")
+    if p.is_dir():
+        raise InputError(f"{key}={path}: is a directory")
+    if not parent.is_dir():
+        raise InputError(f"{key}={path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise InputError(f"{key}={path}: not writable")
 
 
 def read_lines(path: str) -> list[str]:
-    """Lines of ``path`` (``-`` = stdin), checked for UTF-8 with the failing line number."""
+    """Lines of ``path`` (``-`` = stdin), checked for UTF-8 with the failing line number.
+
+    Read as prepare reads training text: a leading UTF-8 BOM and a trailing '\r' per line are
+    dropped."""
     name = "<stdin>" if path == "-" else path
     try:
         data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
     except OSError as e:
         raise InputError(f"{name}: cannot read input ({e.strerror})") from None
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
     lines = data.split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()
@@ -65,13 +85,13 @@ def write_lines(path: str, lines: list[str]) -> None:
 
 def run(cfg: TranslateConfig) -> None:
     from nmt.checkpoint import load_for_decoding
-    from nmt.runtime import tune_malloc
+    from nmt.runtime import pick_device, tune_malloc
     from nmt.search import translate_lines
-    from nmt.trainer import pick_device
 
     tune_malloc()
-    if cfg.alignment_unit not in ("word", "subword"):
-        raise ValueError(f"alignment_unit: unknown '{cfg.alignment_unit}' (word | subword)")
+    check_writable("output", cfg.output)
+    check_writable("nbest_output", cfg.nbest_output)
+    check_writable("alignment_output", cfg.alignment_output)
     device = pick_device(cfg.device)
     model, tokenizer = load_for_decoding(cfg.ckpt, device)
     lines = read_lines(cfg.input)
@@ -114,15 +134,15 @@ def write_alignments(
     write_lines(cfg.alignment_output, rows)
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="translate")
+@hydra.main(version_base="1.3", config_path="configs", config_name="translate")
 def main(dcfg: DictConfig) -> None:
     from nmt.checkpoint import CheckpointError
 
     logging.basicConfig(
         level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
-    cfg: TranslateConfig = OmegaConf.to_object(dcfg)  # type: ignore[assignment]
     try:
+        cfg: TranslateConfig = OmegaConf.to_object(dcfg)  # type: ignore[assignment]
         run(cfg)
     except (InputError, CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from nmt.alignment import alignment_line, hard_alignment, pharaoh, to_words, word_positions
-from nmt.config import DecodeConfig, TranslateConfig
+from nmt.config import ConfigError, DecodeConfig, TranslateConfig
 from nmt.monitor import Monitor, render_attention, save_attention_png
 from nmt.search import Ensemble, forced_attention, translate_lines, translate_with_attention
 from nmt.translate import run as translate_run
@@ -142,8 +142,8 @@ def test_subword_alignments_and_bad_unit(tiny_ckpt, tmp_path: Path) -> None:
     for t, row in zip(items, rows, strict=True):
         want = hard_alignment(t.attention, len(t.src_pieces), len(t.tgt_pieces))
         assert row == pharaoh(want)
-    with pytest.raises(ValueError, match="alignment_unit: unknown 'char'"):
-        translate_run(replace(cfg, alignment_unit="char"))
+    with pytest.raises(ConfigError, match=r"alignment_unit=char: unknown value"):
+        replace(cfg, alignment_unit="char")
 
 
 def test_heatmap_png_is_readable(tiny_ckpt, tmp_path: Path) -> None:
