@@ -194,7 +194,10 @@ def test_language_from_reference_suffix(tmp_path: Path) -> None:
         (["src=base.en", "ref=test.en"], "src: only used with ckpt="),
         (["ref=test.en"], "nothing to score: give hyp=FILE"),
         (["hyp=new.en", "ref=test.en", "metrics.tokenize=moses"], "unknown tokenizer 'moses'"),
-        (["hyp=new.en", "ref=test.en", "metric_names=[bleu,meteor]"], "metric_names=meteor: unknown"),
+        (
+            ["hyp=new.en", "ref=test.en", "metric_names=[bleu,meteor]"],
+            "metric_names=meteor: unknown",
+        ),
     ],
 )
 def test_bad_input_is_a_clear_error(
