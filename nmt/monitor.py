@@ -131,8 +131,13 @@ class Monitor:
 def pick_sentences(srcs: list[str], tokenizer: Tokenizer) -> list[str]:
     """The first ``N_HEATMAPS`` dev sentences of 3 to ``HEATMAP_MAX_PIECES`` source subwords
     (the first ones, whatever their length, if too few are)."""
-    fit = [s for s in srcs if 3 <= len(tokenizer.src_pieces(s)) <= HEATMAP_MAX_PIECES]
-    return (fit or [s for s in srcs if s.strip()])[:N_HEATMAPS]
+    fit: list[str] = []
+    for s in srcs:  # stops at the first N_HEATMAPS that fit: dev sets can be long
+        if 3 <= len(tokenizer.src_pieces(s)) <= HEATMAP_MAX_PIECES:
+            fit.append(s)
+            if len(fit) == N_HEATMAPS:
+                break
+    return fit or [s for s in srcs if s.strip()][:N_HEATMAPS]
 
 
 def render_attention(
