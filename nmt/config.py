@@ -234,6 +234,25 @@ class DecodeConfig:
 
 
 @dataclass
+class MetricsConfig:
+    """sacrebleu settings. By default they follow the target language as sacrebleu's own
+    ``-l src-tgt`` does: BLEU's tokenizer is zh for zh, ja-mecab for ja, ko-mecab for ko, 13a
+    otherwise; chrF and TER keep sacrebleu's defaults (they have no language-specific ones)."""
+
+    lang: str | None = None  # target language; None = data.tgt / the checkpoint's / ref suffix
+    tokenize: str | None = None  # BLEU tokenizer (13a, intl, zh, ja-mecab, ko-mecab, char, ...)
+    lowercase: bool = False  # BLEU and chrF
+    chrf_word_order: int = 0  # 2 = chrF++
+    ter_normalized: bool = False
+    ter_asian_support: bool = False
+    ter_case_sensitive: bool = False
+
+    def check(self, p: str = "metrics") -> None:
+        # the tokenizer name is checked by nmt.metrics, against sacrebleu's own list
+        _non_negative(f"{p}.chrf_word_order", self.chrf_word_order)
+
+
+@dataclass
 class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
@@ -241,6 +260,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)  # validation and test scores
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     resume: str | None = None  # checkpoint to resume from; a run dir with last.pt resumes too
     out_dir: str | None = None  # None = Hydra's run directory
@@ -257,6 +277,7 @@ class TrainConfig:
         self.optim.check()
         self.trainer.check()
         self.decode.check()
+        self.metrics.check()
         check_device("device", self.device)
         if self.model.tie_embeddings and not self.tokenizer.joint:
             _fail("model.tie_embeddings", True, "needs a joint vocabulary (tokenizer.joint=true)")
@@ -278,6 +299,9 @@ class TranslateConfig:
     input: str = "-"
     output: str = "-"
     nbest_output: str | None = None  # write n-best lists with scores here
+    # write each best hypothesis' hard alignment here, Pharaoh "i-j" (source i, target j)
+    alignment_output: str | None = None
+    alignment_unit: str = "word"  # word (whitespace-separated words) | subword (pieces)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     device: str = "auto"
     progress: bool = True
@@ -285,19 +309,36 @@ class TranslateConfig:
     def __post_init__(self) -> None:
         self.decode.check()
         check_device("device", self.device)
+        _choice("alignment_unit", self.alignment_unit, ("word", "subword"))
 
 
 @dataclass
 class EvaluateConfig:
-    ckpt: str = "???"
-    src: str = "???"  # source file
-    ref: str = "???"  # reference file
+    ref: str = "???"  # reference file; several (one reference set each) joined by commas
+    ckpt: str | None = None  # translate src with this checkpoint (or comma-joined ensemble)
+    src: str | None = None  # source file (with ckpt)
+    hyp: str | None = None  # hypothesis file(s) to score as they are, joined by commas
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    metric_names: list[str] = field(default_factory=lambda: ["bleu", "chrf", "ter"])
+    paired: str | None = None  # compare systems: bs (paired bootstrap) | ar (approx. random.)
+    paired_n: int = 0  # resamples (bs) or trials (ar); 0 = sacrebleu's 1000 / 10000
+    confidence_n: int = 0  # > 1: bootstrap 95% confidence interval of a single system
+    width: int = 1  # decimals of the scores (sacrebleu's -w)
     hyp_output: str | None = None  # where to write the translations
-    json_output: str | None = None  # where to write the scores
+    json_output: str | None = None  # where to write the scores (sacrebleu's JSON shape)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     device: str = "auto"
     progress: bool = True
 
     def __post_init__(self) -> None:
         self.decode.check()
+        self.metrics.check()
         check_device("device", self.device)
+        if self.paired is not None:
+            _choice("paired", self.paired, ("bs", "ar"))
+        if not self.metric_names:
+            _fail("metric_names", "[]", "name one metric or more (bleu, chrf, ter)")
+        for name in self.metric_names:
+            _choice("metric_names", name, ("bleu", "chrf", "ter"))
+        for key in ("paired_n", "confidence_n", "width"):
+            _non_negative(key, getattr(self, key))

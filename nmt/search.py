@@ -667,3 +667,104 @@ def translate_lines(
     for i, h in zip(keep, hyps, strict=True):
         results[i] = h
     return results
+
+
+# ------------------------------------------------------------------------------------- attention
+
+
+@dataclass
+class Translation:
+    """The best translation of one line with the attention that produced it.
+
+    ``attention`` is (len(tgt_pieces) + 1, len(src_pieces) + 1) float32: one row per output
+    subword and a last row for the final eos; one column per source subword and a last column
+    for the source eos. Rows sum to 1. Empty input lines get an empty (0, 0) matrix.
+    """
+
+    text: str
+    score: float
+    src_pieces: list[str]
+    tgt_pieces: list[str]
+    attention: np.ndarray
+
+
+def forced_attention(
+    model: nn.Module,
+    src_ids: list[list[int]],
+    tgt_ids: list[list[int]],
+    device: torch.device | str,
+    pad_id: int,
+    bos_id: int,
+    eos_id: int,
+    batch_size: int = 64,
+) -> list[np.ndarray]:
+    """Attention weights of ``model`` (a Seq2Seq or an Ensemble) following given outputs.
+
+    Per sentence, a (len(tgt) + 1, len(src) + 1) array: the decoder is fed bos + tgt one token
+    at a time (as in search) and each step's weights over the source (+ eos) are kept. For a
+    hypothesis the model produced itself these are the weights it had while producing it.
+    """
+    out: list[np.ndarray] = [np.zeros((0, 0), dtype=np.float32) for _ in src_ids]
+    searchable = as_searchable(model)
+    order = sorted(range(len(src_ids)), key=lambda i: -len(src_ids[i]))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(order), batch_size):
+                idx = order[start : start + batch_size]
+                src, src_lengths = _make_src([src_ids[i] for i in idx], pad_id, eos_id, device)
+                steps = max(len(tgt_ids[i]) for i in idx) + 1
+                feed = torch.full((len(idx), steps), eos_id, dtype=torch.long)  # (B, T+1)
+                feed[:, 0] = bos_id
+                for row, i in enumerate(idx):
+                    feed[row, 1 : len(tgt_ids[i]) + 1] = torch.tensor(tgt_ids[i])
+                feed = feed.to(device)
+                memory, state = searchable.encode(src, src_lengths)
+                weights = []
+                for t in range(steps):
+                    _, state, attn = searchable.step(feed[:, t], state, memory)  # (B, S)
+                    weights.append(attn.float().cpu())
+                stacked = torch.stack(weights, dim=1).numpy()  # (B, T+1, S)
+                for row, i in enumerate(idx):
+                    out[i] = stacked[row, : len(tgt_ids[i]) + 1, : len(src_ids[i]) + 1].copy()
+    finally:
+        model.train(was_training)
+    return out
+
+
+def attach_attention(
+    model: nn.Module,
+    tokenizer: Tokenizer,
+    lines: list[str],
+    best: list[Hypothesis],
+    device: torch.device | str,
+) -> list[Translation]:
+    """``Translation``s (text, pieces, attention) for hypotheses already found for ``lines``."""
+    keep = [i for i, line in enumerate(lines) if line.strip()]
+    src_ids = tokenizer.encode_src([lines[i] for i in keep])
+    tgt_ids = [best[i].tokens for i in keep]
+    weights = forced_attention(
+        model, src_ids, tgt_ids, device, tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id
+    )
+    texts = tokenizer.decode_tgt([h.tokens for h in best])
+    result = [Translation("", 0.0, [], [], np.zeros((0, 0), dtype=np.float32)) for _ in lines]
+    for k, i in enumerate(keep):
+        src_pieces = tokenizer.src_pieces(lines[i])
+        tgt_pieces = tokenizer.tgt_pieces(tgt_ids[k])
+        result[i] = Translation(texts[i], best[i].score, src_pieces, tgt_pieces, weights[k])
+    return result
+
+
+def translate_with_attention(
+    model: nn.Module,
+    tokenizer: Tokenizer,
+    lines: list[str],
+    decode: DecodeConfig,
+    device: torch.device | str,
+    progress: bool = False,
+) -> list[Translation]:
+    """Translate raw lines (as ``translate_lines``) and return each best translation with its
+    subwords and attention matrix (see ``Translation``)."""
+    hyps = translate_lines(model, tokenizer, lines, decode, device, progress=progress)
+    return attach_attention(model, tokenizer, lines, [h[0] for h in hyps], device)

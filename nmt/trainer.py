@@ -43,7 +43,7 @@ from nmt.config import TrainConfig, TrainerConfig
 from nmt.data import Batch, ParallelDataset, Prepared, collate, prepare
 from nmt.faults import fault_point
 from nmt.loss import smoothed_loss_and_nll
-from nmt.metrics import score
+from nmt.metrics import check_settings, score
 from nmt.model import Seq2Seq, build_model
 from nmt.monitor import Monitor
 from nmt.optim import Scheduler, build_optimizer, build_scheduler
@@ -231,7 +231,7 @@ def validate(
     decode = replace(cfg.decode, beam_size=cfg.trainer.valid_beam_size, nbest=1)
     hyps = translate_lines(model, tok, src_lines, decode, device)
     texts = tok.decode_tgt([h[0].tokens for h in hyps])
-    scores = score(texts, ref_lines, ("bleu", "chrf"))
+    scores = score(texts, ref_lines, ("bleu", "chrf"), cfg.data.tgt, cfg.metrics)
     model.train()
     return {
         "loss": loss,
@@ -477,6 +477,7 @@ def setup(cfg: TrainConfig, out_dir: Path) -> Run:
     if ctx.rank == 0 and out_dir.is_dir():
         for tmp in remove_stale_temps(out_dir):
             log.info("removed %s, left by a writer that was killed", tmp)
+    check_settings(cfg.data.tgt, cfg.metrics)  # e.g. ja/ko targets without MeCab: fail now
     seed_everything(tcfg.seed)
 
     # data: rank 0 builds the cache, the others then find it
@@ -1098,7 +1099,7 @@ def evaluate_test(
     texts = prepared.tokenizer.decode_tgt([h[0].tokens for h in hyps])
     hyp_path = out_dir / f"test.hyp.{cfg.data.tgt}"
     hyp_path.write_text("".join(t + "\n" for t in texts), encoding="utf-8")
-    scores = score(texts, ref, ("bleu", "chrf"))
+    scores = score(texts, ref, ("bleu", "chrf"), cfg.data.tgt, cfg.metrics)
     scores["translations"] = str(hyp_path)
     scores["checkpoint"] = str(best if best.is_file() else out_dir / "last.pt")
     scores["beam_size"] = cfg.decode.beam_size

@@ -2,6 +2,10 @@
 
 Raw text in, detokenised text out, one line per input line (empty lines stay empty). Needs
 nothing but the checkpoint(s); several comma-separated checkpoints are ensembled.
+``alignment_output=FILE`` also writes each translation's hard alignment, one Pharaoh line
+(``0-0 1-2 2-1``, source-target, 0-based) per input line, in word positions (the
+whitespace-separated words of the input line and of the output line), or subword positions
+with ``alignment_unit=subword`` (SentencePiece pieces, eos excluded).
 """
 
 from __future__ import annotations
@@ -10,12 +14,19 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from nmt.config import TranslateConfig
+
+if TYPE_CHECKING:
+    import torch
+
+    from nmt.search import Hypothesis
+    from nmt.tokenizer import Tokenizer
 
 ConfigStore.instance().store(name="translate_schema", node=TranslateConfig)
 log = logging.getLogger("nmt.translate")
@@ -80,6 +91,7 @@ def run(cfg: TranslateConfig) -> None:
     tune_malloc()
     check_writable("output", cfg.output)
     check_writable("nbest_output", cfg.nbest_output)
+    check_writable("alignment_output", cfg.alignment_output)
     device = pick_device(cfg.device)
     model, tokenizer = load_for_decoding(cfg.ckpt, device)
     lines = read_lines(cfg.input)
@@ -95,7 +107,31 @@ def run(cfg: TranslateConfig) -> None:
             texts = tokenizer.decode_tgt([h.tokens for h in hs])
             rows += [f"{i} ||| {t} ||| {h.score:.4f}" for t, h in zip(texts, hs, strict=True)]
         write_lines(cfg.nbest_output, rows)
+    if cfg.alignment_output:
+        write_alignments(cfg, model, tokenizer, lines, [h[0] for h in hyps], device)
     log.info("translated %d lines with %s", len(lines), cfg.ckpt)
+
+
+def write_alignments(
+    cfg: TranslateConfig,
+    model: torch.nn.Module,
+    tokenizer: Tokenizer,
+    lines: list[str],
+    best: list[Hypothesis],
+    device: torch.device,
+) -> None:
+    """Pharaoh ``i-j`` lines (source i, target j, 0-based) for each best hypothesis, in word
+    or subword positions (``cfg.alignment_unit``); see ``nmt.alignment``."""
+    from nmt.alignment import alignment_line
+    from nmt.search import attach_attention
+
+    assert cfg.alignment_output is not None
+    translations = attach_attention(model, tokenizer, lines, best, device)
+    rows = [
+        alignment_line(t.attention, t.src_pieces, t.tgt_pieces, cfg.alignment_unit)
+        for t in translations
+    ]
+    write_lines(cfg.alignment_output, rows)
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="translate")
@@ -114,4 +150,7 @@ def main(dcfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    from nmt.evaluate import quote_path_lists  # ckpt=a.pt,b.pt: one value, not a sweep
+
+    sys.argv = quote_path_lists(sys.argv)
     main()
