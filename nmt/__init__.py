@@ -23,6 +23,7 @@ __all__ = [
     "TokenizerConfig",
     "TrainConfig",
     "TrainerConfig",
+    "Translation",
     "Translator",
     "__version__",
     "train_model",
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
         TrainConfig,
         TrainerConfig,
     )
+    from nmt.search import Translation
     from nmt.trainer import train as train_model
     from nmt.translator import Translator
 
@@ -48,6 +50,10 @@ def __getattr__(name: str) -> Any:
         from nmt.translator import Translator
 
         return Translator
+    if name == "Translation":
+        from nmt.search import Translation
+
+        return Translation
     if name == "train_model":
         from nmt.trainer import train
 

@@ -4,6 +4,7 @@
     tr = Translator.load("runs/default/best.pt", device="cpu", beam_size=5)
     tr.translate(["Klicken Sie auf OK."])            # -> ["Click OK."]
     tr.translate_nbest(["Klicken Sie auf OK."], 3)   # -> [[("Click OK.", -0.12), ...]]
+    tr.translate_with_attention(["Klicken Sie auf OK."])[0].attention  # (T + 1, S + 1)
 
 The same objects ``nmt.translate`` uses: ``load_for_decoding`` (one checkpoint, or several
 joined by commas for an ensemble) and ``translate_lines``; the decode options are
@@ -21,7 +22,7 @@ import torch
 from nmt.checkpoint import load_for_decoding
 from nmt.config import DecodeConfig
 from nmt.runtime import pick_device
-from nmt.search import translate_lines
+from nmt.search import Translation, translate_lines, translate_with_attention
 from nmt.tokenizer import Tokenizer
 
 
@@ -69,3 +70,8 @@ class Translator:
             texts = self.tokenizer.decode_tgt([h.tokens for h in hs])
             out.append([(t, float(h.score)) for t, h in zip(texts, hs, strict=True)])
         return out
+
+    def translate_with_attention(self, lines: list[str]) -> list[Translation]:
+        """The best translation of each line with its subwords and attention matrix
+        (``Translation``: text, score, src_pieces, tgt_pieces, attention)."""
+        return translate_with_attention(self.model, self.tokenizer, lines, self.decode, self.device)

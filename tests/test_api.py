@@ -73,6 +73,16 @@ def test_translator_equals_the_command(checkpoint: Path, corpus: Path, tmp_path:
     assert [len(hs) for hs in translator.translate_nbest(lines[:2], nbest=2)] == [2, 2]
 
 
+def test_translator_returns_attention_with_translations(checkpoint: Path) -> None:
+    translator = Translator.load(checkpoint, device="cpu", beam_size=2)
+    lines = ["hola", "", "buenos días"]
+    with_attention = translator.translate_with_attention(lines)
+    assert [t.text for t in with_attention] == translator.translate(lines)
+    for t in (with_attention[0], with_attention[2]):
+        assert t.attention.shape == (len(t.tgt_pieces) + 1, len(t.src_pieces) + 1)
+    assert with_attention[1].attention.shape == (0, 0)
+
+
 def test_translator_refuses_options_that_cannot_work(checkpoint: Path) -> None:
     with pytest.raises(ConfigError, match="decode.beam_size=0"):
         Translator.load(checkpoint, device="cpu", beam_size=0)
