@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from nmt.dropout import Dropout
-from nmt.lstm import packed_lstm
+from nmt.lstm import packed_lstm, torch_lstm
 
 RNN_IMPLS = ("auto", "torch", "nmt")
 
@@ -101,7 +101,7 @@ class Encoder(nn.Module):
         if self.rnn_impl == "nmt" or (self.rnn_impl == "auto" and src.device.type == "cpu"):
             packed_out, (h, c) = self._packed_lstm(packed, src_lengths)
         else:
-            packed_out, (h, c) = self.rnn(packed)  # h, c: (L*D, B, H), back in batch order
+            packed_out, (h, c) = torch_lstm(self.rnn, packed)  # (L*D, B, H) in batch order
         outputs, _ = pad_packed_sequence(
             packed_out, batch_first=True, padding_value=0.0, total_length=max_len
         )  # (B, S, D*H)

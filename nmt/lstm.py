@@ -41,6 +41,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
 
 from nmt.dropout import dropout
 
@@ -341,3 +342,31 @@ class SharedWeight:
             return x @ self.weight.t()
         out: Tensor = _UseShared.apply(x, self.weight, self.uses)
         return out
+
+
+# ---------------------------------------------------------------------------------------------
+# nn.LSTM (cuDNN on CUDA) at an explicit precision
+
+
+def torch_lstm(
+    lstm: nn.LSTM, x: Tensor | PackedSequence, state: tuple[Tensor, Tensor] | None = None
+) -> tuple[Any, tuple[Tensor, Tensor]]:
+    """``lstm(x, state)`` with the recurrence in float32, under autocast or not.
+
+    Under autocast PyTorch's cuDNN LSTM wrapper casts input, states and weights to float16
+    whatever the autocast dtype, so ``trainer.precision=bf16`` would run the recurrences in
+    fp16 without a loss scaler (and CPU autocast leaves a bf16 input next to fp32 weights).
+    Here autocast is off for the call and the inputs are float32, as in ``packed_lstm``: the
+    recurrences of both implementations run in float32 at every ``trainer.precision``; the
+    projections, attention and output layer around them follow autocast. x: (B, T, In) or a
+    PackedSequence; returns what ``nn.LSTM`` returns (float32).
+    """
+    device_type = x.data.device.type
+    if isinstance(x, PackedSequence):
+        x = PackedSequence(x.data.float(), x.batch_sizes, x.sorted_indices, x.unsorted_indices)
+    else:
+        x = x.float()
+    if state is not None:
+        state = (state[0].float(), state[1].float())
+    with torch.autocast(device_type, enabled=False):
+        return lstm(x, state)  # type: ignore[no-any-return]

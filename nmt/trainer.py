@@ -32,6 +32,7 @@ from nmt.batching import BucketBatchSampler
 from nmt.checkpoint import CheckpointError, load_checkpoint, model_payload, save_checkpoint
 from nmt.config import TrainConfig, TrainerConfig
 from nmt.data import Batch, ParallelDataset, Prepared, collate, prepare
+from nmt.device import cuda_rng_state, fp16_step_skipped, set_cuda_rng_state, set_tf32
 from nmt.loss import smoothed_loss_and_nll
 from nmt.metrics import score
 from nmt.model import Seq2Seq, build_model
@@ -91,23 +92,27 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def rng_state() -> dict[str, Any]:
+def rng_state(device: torch.device | None = None) -> dict[str, Any]:
+    """Python, NumPy and torch CPU generators, plus the generator of ``device`` when it is a
+    CUDA device (only that one: other GPUs are not in use, and a CPU run never touches CUDA)."""
     state: dict[str, Any] = {
         "python": random.getstate(),
         "numpy": _numpy_state_to_plain(np.random.get_state()),
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device is not None and (cuda := cuda_rng_state(device)) is not None:
+        state["cuda"] = cuda
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> None:
+    """Restore ``rng_state``'s output; the CUDA state goes to ``device`` if it is a CUDA device
+    (also from the older all-GPUs format; a missing entry is a warning, not an error)."""
     random.setstate(_as_tuple(state["python"]))
     np.random.set_state(_numpy_state_from_plain(state["numpy"]))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if device is not None:
+        set_cuda_rng_state(state.get("cuda"), device)
 
 
 def _numpy_state_to_plain(state: Any) -> list[Any]:
@@ -369,6 +374,14 @@ def train(cfg: TrainConfig, out_dir: Path) -> dict[str, Any]:
     if tcfg.num_threads > 0:
         torch.set_num_threads(tcfg.num_threads)
     tune_malloc()
+    tf32 = set_tf32(tcfg.tf32)
+    if is_main and device.type == "cuda":
+        log.info(
+            "precision %s; TF32 matmul=%s cudnn=%s (trainer.tf32)",
+            tcfg.precision,
+            tf32["matmul"],
+            tf32["cudnn"],
+        )
     if tcfg.precision not in ("fp32", "bf16", "fp16"):
         raise TrainingError(f"trainer.precision: unknown '{tcfg.precision}' (fp32 | bf16 | fp16)")
     if tcfg.precision == "fp16" and device.type != "cuda":
@@ -395,9 +408,9 @@ def train(cfg: TrainConfig, out_dir: Path) -> dict[str, Any]:
     model = build_model(cfg.model, tok.src_vocab_size, tok.tgt_vocab_size, tok.pad_id).to(device)
     criterion: nn.Module = Criterion(model, ocfg.label_smoothing)
     if ctx.world_size > 1:
-        criterion = DistributedDataParallel(
-            criterion, device_ids=[device.index] if device.type == "cuda" else None
-        )
+        # device_ids=None: the module lives on one device and DDP must not copy the inputs
+        # (the lengths stay on the CPU); the only buffer (Bridge.layer_index) is constant
+        criterion = DistributedDataParallel(criterion, device_ids=None, broadcast_buffers=False)
         # DDP copied rank 0's parameters to every rank; from here on each rank draws its own
         # dropout masks (the same seed everywhere would repeat them across ranks)
         seed_everything(tcfg.seed + ctx.rank)
@@ -436,7 +449,9 @@ def train(cfg: TrainConfig, out_dir: Path) -> dict[str, Any]:
 
     def save_last() -> Path:
         path = out_dir / "last.pt"
-        rank_rngs = dist_utils.gather_objects(ctx, rng_state())  # a collective: every rank calls
+        rank_rngs = dist_utils.gather_objects(
+            ctx, rng_state(device)
+        )  # a collective: every rank calls
         if is_main:
             payload = model_payload(model, cfg.model, tok)
             payload["trainer"] = trainer_payload(
@@ -626,12 +641,13 @@ def train_update(
         )
     finite = math.isfinite(grad_norm) and math.isfinite(loss_sum)
     finite = not dist_utils.any_rank(ctx, not finite)  # skip (or not) on every rank alike
-    if (
-        scaler is not None
-    ):  # fp16: overflow is routine; the scaler skips that step, lowers its scale
+    if scaler is not None:
+        # fp16: the scaler skips a step with inf/NaN gradients and lowers its scale; such an
+        # update did not happen (it neither advances the schedule nor counts as an update)
+        before = scaler.get_scale()
         scaler.step(optimizer)
         scaler.update()
-        finite = True
+        finite = not fp16_step_skipped(before, scaler.get_scale())
     elif finite:
         optimizer.step()
     else:
@@ -804,7 +820,8 @@ def resume(
     state = TrainState(**t["state"])
     if t["world_size"] == world_size:
         sampler.load_state_dict(t["sampler"])
-        set_rng_state(t.get("rank_rngs", [t["rng"]])[rank])
+        device = next(model.parameters()).device
+        set_rng_state(t.get("rank_rngs", [t["rng"]])[rank], device)
     else:  # a different number of processes: start the next epoch afresh
         state.epoch += 1
         sampler.set_epoch(state.epoch)
