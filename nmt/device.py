@@ -10,9 +10,12 @@ float32) and returns them for the log. They are process-wide and do nothing on t
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 import torch
+
+from nmt.data import Batch
 
 log = logging.getLogger(__name__)
 
@@ -70,3 +73,27 @@ def fp16_step_skipped(scale_before: float, scale_after: float) -> bool:
     step found inf/NaN gradients and was skipped; otherwise the scale stays or grows.
     """
     return scale_after < scale_before
+
+
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    """``batch.to(device)``; on CUDA from page-locked memory, so the copies are asynchronous
+    (a copy from pageable memory waits for the stream: a host-device sync per tensor)."""
+    if device.type == "cuda":
+        batch = replace(
+            batch,
+            src=batch.src.pin_memory(),
+            tgt_in=batch.tgt_in.pin_memory(),
+            tgt_out=batch.tgt_out.pin_memory(),
+            index=batch.index.pin_memory(),
+        )
+    return batch.to(device)
+
+
+def real_rows(tgt_out: torch.Tensor, pad_id: int, device: torch.device) -> torch.Tensor:
+    """Flat indices (N,) of the real (non-pad) cells of a CPU ``tgt_out`` (B, T), on ``device``.
+
+    Computed on the CPU: a boolean mask on the GPU would need a sync to learn N."""
+    index = (tgt_out.reshape(-1) != pad_id).nonzero().squeeze(1)
+    if device.type == "cuda":
+        index = index.pin_memory()
+    return index.to(device, non_blocking=True)

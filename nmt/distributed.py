@@ -27,6 +27,9 @@ class DistContext:
     local_rank: int = 0
     world_size: int = 1
     device: torch.device = torch.device("cpu")
+    # under NCCL, a gloo group for the small control collectives (token counts, stop
+    # decisions): CPU tensors, so they never wait for the GPU; None = the default group
+    cpu_group: Any = None
 
 
 def init(device: str, timeout_s: int) -> DistContext:
@@ -47,11 +50,17 @@ def init(device: str, timeout_s: int) -> DistContext:
         dev = torch.device("cuda", local_rank)
     else:
         dev = torch.device("cpu")
+    global _cpu_group
     if not dist.is_initialized():
-        dist.init_process_group(
-            backend="nccl" if use_cuda else "gloo", timeout=timedelta(seconds=timeout_s)
-        )
-    return DistContext(rank=rank, local_rank=local_rank, world_size=world_size, device=dev)
+        timeout = timedelta(seconds=timeout_s)
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=timeout)
+        _cpu_group = dist.new_group(backend="gloo", timeout=timeout) if use_cuda else None
+    return DistContext(
+        rank=rank, local_rank=local_rank, world_size=world_size, device=dev, cpu_group=_cpu_group
+    )
+
+
+_cpu_group: Any = None
 
 
 def cleanup(ctx: DistContext) -> None:
@@ -70,9 +79,21 @@ def main_first(ctx: DistContext) -> Iterator[None]:
 
 
 def _reduce(ctx: DistContext, value: float, op: dist.ReduceOp.RedOpType) -> float:
-    t = torch.tensor([value], dtype=torch.float64, device=ctx.device)
-    dist.all_reduce(t, op=op)
+    if ctx.cpu_group is not None:  # gloo on the CPU: no device round trip
+        t = torch.tensor([value], dtype=torch.float64)
+        dist.all_reduce(t, op=op, group=ctx.cpu_group)
+    else:
+        t = torch.tensor([value], dtype=torch.float64, device=ctx.device)
+        dist.all_reduce(t, op=op)
     return float(t.item())
+
+
+def max_tensor(ctx: DistContext, t: torch.Tensor) -> torch.Tensor:
+    """Elementwise maximum of ``t`` (on ``ctx.device``) over all ranks, in place and without
+    reading it (no host sync); ``t`` itself for a single process."""
+    if ctx.world_size > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t
 
 
 def sum_int(ctx: DistContext, value: int) -> int:
@@ -118,6 +139,10 @@ def broadcast_float(ctx: DistContext, value: float) -> float:
     """Rank 0's ``value`` on every rank (also a barrier)."""
     if ctx.world_size <= 1:
         return value
-    t = torch.tensor([value], dtype=torch.float64, device=ctx.device)
-    dist.broadcast(t, src=0)
+    if ctx.cpu_group is not None:
+        t = torch.tensor([value], dtype=torch.float64)
+        dist.broadcast(t, src=0, group=ctx.cpu_group)
+    else:
+        t = torch.tensor([value], dtype=torch.float64, device=ctx.device)
+        dist.broadcast(t, src=0)
     return float(t.item())

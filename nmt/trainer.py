@@ -32,7 +32,14 @@ from nmt.batching import BucketBatchSampler
 from nmt.checkpoint import CheckpointError, load_checkpoint, model_payload, save_checkpoint
 from nmt.config import TrainConfig, TrainerConfig
 from nmt.data import Batch, ParallelDataset, Prepared, collate, prepare
-from nmt.device import cuda_rng_state, fp16_step_skipped, set_cuda_rng_state, set_tf32
+from nmt.device import (
+    cuda_rng_state,
+    fp16_step_skipped,
+    real_rows,
+    set_cuda_rng_state,
+    set_tf32,
+    to_device,
+)
 from nmt.loss import smoothed_loss_and_nll
 from nmt.metrics import score
 from nmt.model import Seq2Seq, build_model
@@ -168,12 +175,16 @@ class Criterion(nn.Module):
         src_lengths: torch.Tensor,
         tgt_in: torch.Tensor,
         tgt_out: torch.Tensor,
+        real: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``real``: flat indices (N,) of the cells ``tgt_out != pad`` (``device.real_rows``,
+        no host sync on CUDA); computed from ``tgt_out`` when not given."""
         states = self.model(src, src_lengths, tgt_in)  # (B, T, H)
-        real = tgt_out != self.model.pad_id  # (B, T)
-        logits = self.model.logits(states[real])  # (N, H) -> (N, V)
-        target = tgt_out[real]  # (N,)
-        return smoothed_loss_and_nll(logits, target, self.smoothing)
+        if real is None:
+            real = (tgt_out.reshape(-1) != self.model.pad_id).nonzero().squeeze(1)  # (N,)
+        logits = self.model.logits(states.reshape(-1, states.size(-1)).index_select(0, real))
+        target = tgt_out.reshape(-1).index_select(0, real)  # (N,)
+        return smoothed_loss_and_nll(logits, target, self.smoothing)  # logits (N, V)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,15 +206,18 @@ def dev_loss(
     sampler = BucketBatchSampler(
         dataset.src_lengths, dataset.tgt_lengths, max_tokens=max_tokens, shuffle=False
     )
-    total, count = 0.0, 0
+    total = torch.zeros((), dtype=torch.float64, device=device)  # read once, at the end
+    count = 0
     model.eval()
     with torch.inference_mode(), autocast(device, precision):
         for idx in sampler:
-            b = collate([(i, *dataset[i]) for i in idx], pad_id, bos_id, eos_id).to(device)
-            loss, _ = criterion(b.src, b.src_lengths, b.tgt_in, b.tgt_out)
-            total += float(loss)
+            cpu = collate([(i, *dataset[i]) for i in idx], pad_id, bos_id, eos_id)
+            b = to_device(cpu, device)
+            real = real_rows(cpu.tgt_out, pad_id, device)
+            loss, _ = criterion(b.src, b.src_lengths, b.tgt_in, b.tgt_out, real)
+            total += loss.double()
             count += b.n_tgt_tokens
-    return total / max(count, 1)
+    return float(total) / max(count, 1)
 
 
 def validate(
@@ -611,36 +625,40 @@ def train_update(
     # DDP averages gradients over ranks; scale so the result is sum(loss) / total_tokens
     scale = ctx.world_size / max(total_tokens, 1)
     optimizer.zero_grad(set_to_none=True)
-    loss_sum = nll_sum = 0.0
+    # losses stay on the device (float64 sums: the same numbers as adding Python floats);
+    # together with the grad norm and the finite flag they are read once per update
+    loss_sum = nll_sum = torch.zeros((), dtype=torch.float64, device=device)
     cells = real = 0
     for i, batch in enumerate(group):
-        b = batch.to(device)
+        b = to_device(batch, device)
+        rows = real_rows(batch.tgt_out, model.pad_id, device)
         sync = i == len(group) - 1
         no_sync = getattr(criterion, "no_sync", None)
         with no_sync() if (no_sync is not None and not sync) else nullcontext():
             with autocast(device, precision):
-                loss, nll = criterion(b.src, b.src_lengths, b.tgt_in, b.tgt_out)
+                loss, nll = criterion(b.src, b.src_lengths, b.tgt_in, b.tgt_out, rows)
             scaled = loss * scale
             if scaler is not None:
                 scaler.scale(scaled).backward()
             else:
                 scaled.backward()
-        loss_sum += float(loss.detach())
-        nll_sum += float(nll)
+        loss_sum = loss_sum + loss.detach().double()
+        nll_sum = nll_sum + nll.detach().double()
         cells += b.src.numel() + b.tgt_out.numel()
         real += int(batch.src_lengths.sum()) + b.n_tgt_tokens
     if scaler is not None:
         scaler.unscale_(optimizer)
     if clip_norm > 0:
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm))
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
     else:
-        grad_norm = float(
-            torch.linalg.vector_norm(
-                torch.stack([p.grad.norm() for p in model.parameters() if p.grad is not None])
-            )
+        norm = torch.linalg.vector_norm(
+            torch.stack([p.grad.norm() for p in model.parameters() if p.grad is not None])
         )
-    finite = math.isfinite(grad_norm) and math.isfinite(loss_sum)
-    finite = not dist_utils.any_rank(ctx, not finite)  # skip (or not) on every rank alike
+    values = torch.stack([loss_sum, nll_sum, norm.detach().double()])
+    bad = (~torch.isfinite(values)).any().double().reshape(1)
+    bad = dist_utils.max_tensor(ctx, bad)  # skip (or not) on every rank alike
+    loss_f, nll_f, grad_norm, bad_f = torch.cat([values, bad]).tolist()  # the one read
+    finite = bad_f == 0.0
     if scaler is not None:
         # fp16: the scaler skips a step with inf/NaN gradients and lowers its scale; such an
         # update did not happen (it neither advances the schedule nor counts as an update)
@@ -654,8 +672,8 @@ def train_update(
         optimizer.zero_grad(set_to_none=True)
     return {
         "finite": finite,
-        "loss": loss_sum,
-        "nll": nll_sum,
+        "loss": loss_f,
+        "nll": nll_f,
         "tokens": local_tokens,
         "grad_norm": grad_norm,
         "cells": cells,
