@@ -89,11 +89,15 @@ def to_device(batch: Batch, device: torch.device) -> Batch:
     return batch.to(device)
 
 
+def async_to(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A CPU tensor on ``device``: on CUDA copied from page-locked memory without waiting."""
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def real_rows(tgt_out: torch.Tensor, pad_id: int, device: torch.device) -> torch.Tensor:
     """Flat indices (N,) of the real (non-pad) cells of a CPU ``tgt_out`` (B, T), on ``device``.
 
     Computed on the CPU: a boolean mask on the GPU would need a sync to learn N."""
-    index = (tgt_out.reshape(-1) != pad_id).nonzero().squeeze(1)
-    if device.type == "cuda":
-        index = index.pin_memory()
-    return index.to(device, non_blocking=True)
+    return async_to((tgt_out.reshape(-1) != pad_id).nonzero().squeeze(1), device)

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from nmt.device import async_to
 from nmt.dropout import Dropout
 from nmt.lstm import packed_lstm, torch_lstm
 
@@ -37,10 +38,11 @@ class EncoderOutput(NamedTuple):
 def lengths_to_mask(lengths: Tensor, max_len: int, device: torch.device) -> Tensor:
     """(B,) lengths -> (B, S=max_len) bool mask, True at positions < length.
 
-    ``lengths`` may live on the CPU; the copy to ``device`` is asynchronous (no host sync).
+    ``lengths`` may live on the CPU; the copy to ``device`` is asynchronous (pinned on CUDA:
+    a copy from pageable memory would wait for the stream).
     """
     positions = torch.arange(max_len, device=device)  # (S,)
-    return positions[None, :] < lengths.to(device, non_blocking=True)[:, None]  # (B, S)
+    return positions[None, :] < async_to(lengths, device)[:, None]  # (B, S)
 
 
 class Encoder(nn.Module):

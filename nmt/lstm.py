@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
+from nmt.device import async_to
 from nmt.dropout import dropout
 
 
@@ -195,8 +196,8 @@ def packed_lstm(
     """
     hidden = lstm.hidden_size
     dirs = 2 if lstm.bidirectional else 1
-    reverse = _reverse_index(batch_sizes, lengths).to(data.device) if dirs == 2 else None
-    last = _last_index(batch_sizes, lengths).to(data.device)
+    reverse = async_to(_reverse_index(batch_sizes, lengths), data.device) if dirs == 2 else None
+    last = async_to(_last_index(batch_sizes, lengths), data.device)
     suffixes = ["", "_reverse"][:dirs]
     if state is None:
         zeros = data.new_zeros(lstm.num_layers * dirs, batch_sizes[0], hidden, dtype=torch.float32)
