@@ -8,6 +8,7 @@ Either way it exits with an error, and torchrun then stops the remaining workers
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -61,6 +62,18 @@ def init(device: str, timeout_s: int) -> DistContext:
 
 
 _cpu_group: Any = None
+
+
+def no_buffer_sync() -> dict[str, Any]:
+    """DistributedDataParallel's keyword for not broadcasting buffers before every forward
+    (``forward_sync_buffers`` where it exists, ``broadcast_buffers`` before); nmt's only
+    buffer, ``Bridge.layer_index``, is a constant."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    params = inspect.signature(DistributedDataParallel.__init__).parameters
+    if "forward_sync_buffers" in params:
+        return {"forward_sync_buffers": False}
+    return {"broadcast_buffers": False}
 
 
 def cleanup(ctx: DistContext) -> None:

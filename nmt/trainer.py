@@ -424,7 +424,9 @@ def train(cfg: TrainConfig, out_dir: Path) -> dict[str, Any]:
     if ctx.world_size > 1:
         # device_ids=None: the module lives on one device and DDP must not copy the inputs
         # (the lengths stay on the CPU); the only buffer (Bridge.layer_index) is constant
-        criterion = DistributedDataParallel(criterion, device_ids=None, broadcast_buffers=False)
+        criterion = DistributedDataParallel(
+            criterion, device_ids=None, **dist_utils.no_buffer_sync()
+        )
         # DDP copied rank 0's parameters to every rank; from here on each rank draws its own
         # dropout masks (the same seed everywhere would repeat them across ranks)
         seed_everything(tcfg.seed + ctx.rank)
