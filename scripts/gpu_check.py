@@ -578,13 +578,14 @@ def main(argv: list[str] | None = None) -> int:
             results[name] = {"error": traceback.format_exc(limit=8)}
             log.error("section %s failed:\n%s", name, results[name]["error"])
         results[name]["seconds"] = round(time.perf_counter() - t0, 1)
+        # written after every section: a run stopped by the time limit leaves its report
+        header = {
+            "when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+            "command": " ".join(["python", "scripts/gpu_check.py", *(argv or sys.argv[1:])]),
+            "seconds": time.perf_counter() - start,
+        }
         (out / "report.json").write_text(json.dumps(results, indent=2, default=str))
-    header = {
-        "when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-        "command": " ".join(["python", "scripts/gpu_check.py", *(argv or sys.argv[1:])]),
-        "seconds": time.perf_counter() - start,
-    }
-    (out / "report.md").write_text(markdown(results, header), encoding="utf-8")
+        (out / "report.md").write_text(markdown(results, header), encoding="utf-8")
     failed = [n for n, r in results.items() if "error" in r]
     print(f"gpu_check: report in {out}/report.md; failed sections: {', '.join(failed) or 'none'}")
     return 1 if failed else 0

@@ -174,3 +174,26 @@ def test_tf32_flags_are_set_both_ways() -> None:
     finally:
         torch.backends.cuda.matmul.allow_tf32 = saved["matmul"]
         torch.backends.cudnn.allow_tf32 = saved["cudnn"]
+
+
+def test_criterion_on_cpu_indexed_rows_equals_the_boolean_mask() -> None:
+    """The real target rows picked by a CPU index (no GPU sync) give bit for bit the loss and
+    gradients of boolean-mask indexing."""
+    from nmt.device import real_rows
+    from nmt.loss import smoothed_loss_and_nll
+
+    model, criterion, _, batch = _update_parts()
+    model.eval()  # no dropout: both passes compute the same thing
+    rows = real_rows(batch.tgt_out, PAD, torch.device("cpu"))
+    loss, nll = criterion(batch.src, batch.src_lengths, batch.tgt_in, batch.tgt_out, rows)
+    loss.backward()
+    got = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    states = model(batch.src, batch.src_lengths, batch.tgt_in)
+    mask = batch.tgt_out != PAD
+    want_loss, want_nll = smoothed_loss_and_nll(
+        model.logits(states[mask]), batch.tgt_out[mask], 0.1
+    )
+    want_loss.backward()
+    assert torch.equal(loss, want_loss) and torch.equal(nll, want_nll)
+    assert all(torch.equal(g, p.grad) for g, p in zip(got, model.parameters(), strict=True))
