@@ -9,7 +9,11 @@ and the SentencePiece model bytes, so translation needs nothing but the file.
 from __future__ import annotations
 
 import os
+import pickle
+import re
+import socket
 import tempfile
+import warnings
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
@@ -17,6 +21,7 @@ from typing import Any
 import torch
 
 from nmt.config import ModelConfig
+from nmt.faults import fault_point
 from nmt.model import Seq2Seq, build_model
 from nmt.tokenizer import Tokenizer
 
@@ -28,25 +33,83 @@ class CheckpointError(Exception):
     """A checkpoint that is missing, unreadable, foreign or incompatible (one-line message)."""
 
 
+def temp_file(path: Path) -> tuple[int, str]:
+    """A new temporary file beside ``path`` (descriptor, name), named
+    ``.NAME.HOST.PID.RANDOM.tmp``: whose file it is, so a later run can tell a killed
+    writer's leftover from a live writer's file. Its mode is 0666 less the umask."""
+    prefix = f".{path.name}.{socket.gethostname()}.{os.getpid()}."
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_umask())
+    return fd, tmp
+
+
+def write_atomic(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename."""
+    path = Path(path)
+    fd, tmp = temp_file(path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def remove_stale_temps(directory: str | Path) -> list[Path]:
+    """Remove the temporary files that writers of this host left in ``directory`` when they
+    were killed (their process is gone); a live writer's files and other files are kept."""
+    removed = []
+    mine = re.compile(rf"\..+\.{re.escape(socket.gethostname())}\.(\d+)\.[^.]+\.tmp")
+    for tmp in Path(directory).glob(".*.tmp"):
+        m = mine.fullmatch(tmp.name)
+        if m is None or int(m.group(1)) == os.getpid() or _alive(int(m.group(1))):
+            continue
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     """Write ``payload`` to ``path`` atomically: temp file in the same directory, fsync, rename.
 
     A crash or Ctrl-C at any moment leaves either the previous file or the new one, never a
-    truncated file under ``path``.
+    truncated file under ``path``; a killed writer's temporary file is removed by the next
+    run's ``remove_stale_temps``. The file gets the usual permissions (0666 less the umask).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = temp_file(path)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save({"format": FORMAT, "version": VERSION, **payload}, f)
             f.flush()
             os.fsync(f.fileno())
+        fault_point("save.written")
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    fault_point("save.renamed")
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
@@ -60,12 +123,18 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # truncated zip, pickle of arbitrary code, not a torch file ...
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        with warnings.catch_warnings():  # torch warns about pickles it is about to refuse
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:  # weights_only refused an object that could run code
         raise CheckpointError(
-            f"{path}: not a readable nmt checkpoint (truncated, corrupt or foreign file): "
-            f"{type(e).__name__}: {first[:200]}"
+            f"{path}: not an nmt checkpoint: refused by the safe loader, which reads tensors "
+            "and plain data only and never a file that holds other Python objects"
+        ) from None
+    except Exception as e:  # truncated zip, not a torch file ...
+        raise CheckpointError(
+            f"{path}: not a readable nmt checkpoint (truncated, corrupt or foreign file: "
+            f"{type(e).__name__})"
         ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an nmt checkpoint (no '{FORMAT}' marker)")

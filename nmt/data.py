@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from nmt.config import DataConfig, TokenizerConfig
+from nmt.faults import fault_point
 from nmt.tokenizer import Tokenizer, split_lines
 
 logger = logging.getLogger(__name__)
@@ -379,6 +380,7 @@ def prepare(data: DataConfig, tok: TokenizerConfig) -> Prepared:
     try:
         logger.info("preparing %s -> %s", root, final)
         tokenizer, summary = _build(tmp, final, texts, paths, data, tok, key, start)
+        fault_point("prepare")
         if final.exists() and not (final / SUMMARY).is_file():
             shutil.rmtree(final)  # incomplete leftover (summary deleted by hand)
         try:

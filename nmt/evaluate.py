@@ -23,12 +23,13 @@ ConfigStore.instance().store(name="evaluate_schema", node=EvaluateConfig)
 def run(cfg: EvaluateConfig) -> dict:
     from nmt.checkpoint import load_for_decoding
     from nmt.metrics import score
-    from nmt.runtime import tune_malloc
+    from nmt.runtime import pick_device, tune_malloc
     from nmt.search import translate_lines
-    from nmt.trainer import pick_device
-    from nmt.translate import InputError, read_lines, write_lines
+    from nmt.translate import InputError, check_writable, read_lines, write_lines
 
     tune_malloc()
+    check_writable("hyp_output", cfg.hyp_output)
+    check_writable("json_output", cfg.json_output)
 
     src, ref = read_lines(cfg.src), read_lines(cfg.ref)
     if len(src) != len(ref):
@@ -65,8 +66,8 @@ def main(dcfg: DictConfig) -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
-    cfg: EvaluateConfig = OmegaConf.to_object(dcfg)  # type: ignore[assignment]
     try:
+        cfg: EvaluateConfig = OmegaConf.to_object(dcfg)  # type: ignore[assignment]
         s = run(cfg)
     except (InputError, CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

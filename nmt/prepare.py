@@ -16,7 +16,7 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from nmt.config import PrepareConfig
+from nmt.config import ConfigError, PrepareConfig
 from nmt.data import DataError, prepare
 
 ConfigStore.instance().store(name="prepare_schema", node=PrepareConfig)
@@ -30,11 +30,11 @@ def main(cfg: DictConfig) -> None:
         stream=sys.stderr,
         force=True,  # replace the handler Hydra installs on the root logger (stdout)
     )
-    conf = OmegaConf.to_object(cfg)
-    assert isinstance(conf, PrepareConfig)
     try:
+        conf = OmegaConf.to_object(cfg)
+        assert isinstance(conf, PrepareConfig)
         prepared = prepare(conf.data, conf.tokenizer)
-    except DataError as e:
+    except (DataError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     print(json.dumps(prepared.summary, indent=2))

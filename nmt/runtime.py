@@ -1,4 +1,7 @@
-"""Process-wide settings that make CPU training and decoding faster.
+"""Process-wide settings: the device a command runs on, and malloc tuning for the CPU.
+
+``pick_device`` turns the ``device`` key into a ``torch.device`` for every entry point
+(training, translation, evaluation), with a one-line ``ConfigError`` when it cannot work here.
 
 glibc ``malloc`` serves every block over its mmap threshold (at most 32 MiB, adjusted
 dynamically) with a fresh ``mmap`` and returns it to the kernel on ``free``. A training step
@@ -19,6 +22,27 @@ import ctypes
 import ctypes.util
 import os
 import sys
+
+import torch
+
+from nmt.config import ConfigError, check_device
+
+
+def pick_device(name: str, key: str = "device") -> torch.device:
+    """``auto`` (CUDA when available, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    check_device(key, name)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"{key}={name}: CUDA is not available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"{key}={name}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+    return device
+
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3

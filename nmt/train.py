@@ -56,6 +56,72 @@ def report(results: dict, cfg: TrainConfig) -> str:
     return "\n".join(lines)
 
 
+# keys that shape the model, its vocabulary or its data: a resumed run keeps them
+FROZEN = (
+    *("model.", "tokenizer.", "data.src", "data.tgt", "data.train", "data.dev", "data.test"),
+    *("data.max_len", "data.max_ratio"),
+)
+CHANGEABLE = ("model.rnn_impl", "model.dropout")
+GROUPS = ("data", "tokenizer", "model", "optim", "trainer", "decode", "experiment")
+
+
+def resume_config(dcfg: DictConfig, overrides: list[str], out_dir: Path) -> TrainConfig:
+    """The run's own config, stored in the checkpoint it resumes from, with only the
+    command line's overrides applied (``trainer.max_time_min=60`` extends a run).
+
+    Config groups cannot be chosen for a resumed run, and keys that shape the model, the
+    vocabulary or the data cannot change: both are refused with one line naming each key."""
+    from nmt.checkpoint import load_checkpoint
+    from nmt.config import ConfigError
+    from nmt.trainer import find_resume
+
+    composed: TrainConfig = OmegaConf.to_object(dcfg)  # type: ignore[assignment]
+    path = find_resume(composed, out_dir)
+    assert path is not None
+    stored = load_checkpoint(path).get("train_config")
+    if not isinstance(stored, dict):  # written before configs were stored: use the command's
+        return composed
+    given = [
+        o.lstrip("+~") for o in overrides if not o.startswith(("hydra.", "resume=", "out_dir="))
+    ]
+    groups = [o for o in given if o.split("=", 1)[0] in GROUPS]
+    if groups:
+        raise ConfigError(
+            f"resume: config groups cannot be chosen for a resumed run ({', '.join(groups)}); "
+            "it keeps its own config: override single keys"
+        )
+    known = OmegaConf.structured(TrainConfig)
+    base = OmegaConf.merge(known, _known_keys(stored, OmegaConf.to_container(known)))
+    changes = OmegaConf.from_dotlist(given)
+    changed = []
+    for override in given:
+        key = override.split("=", 1)[0]
+        if key.startswith(FROZEN) and not key.startswith(CHANGEABLE):
+            before, after = OmegaConf.select(base, key), OmegaConf.select(changes, key)
+            if str(before) != str(after):
+                changed.append(f"{key}: {before} in the run, {after} on the command line")
+    if changed:
+        raise ConfigError(
+            f"resume={composed.resume}: these keys cannot change under a resumed run: "
+            + "; ".join(changed)
+        )
+    merged = OmegaConf.merge(base, changes)
+    merged.resume = composed.resume
+    merged.out_dir = composed.out_dir
+    return OmegaConf.to_object(merged)  # type: ignore[return-value]
+
+
+def _known_keys(stored: dict, schema: object) -> dict:
+    """``stored`` without keys the current schema no longer has (older checkpoints)."""
+    if not isinstance(schema, dict):
+        return stored
+    return {
+        k: _known_keys(v, schema[k]) if isinstance(v, dict) else v
+        for k, v in stored.items()
+        if k in schema
+    }
+
+
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")
 def main(dcfg: DictConfig) -> None:
     from nmt import distributed as dist_utils
@@ -63,10 +129,12 @@ def main(dcfg: DictConfig) -> None:
     from nmt.data import DataError
     from nmt.trainer import TrainingError, TrainingInterrupted, train
 
-    cfg: TrainConfig = OmegaConf.to_object(dcfg)  # type: ignore[assignment]
-    out_dir = Path(cfg.out_dir or HydraConfig.get().runtime.output_dir)
     ctx = dist_utils.DistContext()
     try:
+        cfg: TrainConfig = OmegaConf.to_object(dcfg)  # type: ignore[assignment]
+        out_dir = Path(cfg.out_dir or HydraConfig.get().runtime.output_dir)
+        if cfg.resume:
+            cfg = resume_config(dcfg, list(HydraConfig.get().overrides.task), out_dir)
         # join torchrun's process group here (train() reuses it and leaves it when done)
         ctx = dist_utils.init(cfg.device, cfg.trainer.dist_timeout_s)
         if ctx.rank != 0:
@@ -82,14 +150,36 @@ def main(dcfg: DictConfig) -> None:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except TrainingInterrupted as e:
-        if ctx.rank == 0:
+        if ctx.rank == 0 and e.path is not None:
             print(
                 f"interrupted: saved {e.path}; resume with: python -m nmt.train resume={e.path}",
                 file=sys.stderr,
             )
+        elif ctx.rank == 0:
+            print("interrupted before training started: nothing to save", file=sys.stderr)
         sys.exit(128 + e.signum)
+    except KeyboardInterrupt:  # a second Ctrl-C: stop at once; last.pt is the last saved one
+        print("interrupted: stopped at once; last.pt holds the last saved update", file=sys.stderr)
+        sys.exit(130)
     if ctx.rank == 0:
         print(report(results, cfg), flush=True)
+
+
+def resume_dir_override(argv: list[str]) -> list[str]:
+    """``resume=X`` alone continues the run in X's directory (not in a new timestamped one):
+    its log, TensorBoard files and checkpoints stay together."""
+    resume = [a.split("=", 1)[1] for a in argv if a.startswith("resume=")]
+    if not resume or any(a.startswith(("hydra.run.dir=", "out_dir=")) for a in argv):
+        return []
+    path = Path(resume[-1])
+    run_dir = path if path.is_dir() else path.parent
+    return [f"hydra.run.dir={run_dir}"]
+
+
+def cli() -> None:
+    """The ``nmt-train`` command (``python -m nmt.train`` runs the same)."""
+    sys.argv += worker_overrides() or resume_dir_override(sys.argv[1:])
+    main()
 
 
 def worker_overrides() -> list[str]:
@@ -101,5 +191,4 @@ def worker_overrides() -> list[str]:
 
 
 if __name__ == "__main__":
-    sys.argv += worker_overrides()
-    main()
+    cli()

@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
+from enum import IntEnum
 from pathlib import Path
 from types import FrameType
 from typing import Any, Literal
@@ -29,7 +30,14 @@ from tqdm import tqdm
 
 from nmt import distributed as dist_utils
 from nmt.batching import BucketBatchSampler
-from nmt.checkpoint import CheckpointError, load_checkpoint, model_payload, save_checkpoint
+from nmt.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    model_payload,
+    remove_stale_temps,
+    save_checkpoint,
+    write_atomic,
+)
 from nmt.config import TrainConfig, TrainerConfig
 from nmt.data import Batch, ParallelDataset, Prepared, collate, prepare
 from nmt.device import (
@@ -40,13 +48,15 @@ from nmt.device import (
     set_tf32,
     to_device,
 )
+from nmt.faults import fault_point
 from nmt.loss import smoothed_loss_and_nll
 from nmt.metrics import score
 from nmt.model import Seq2Seq, build_model
 from nmt.monitor import Monitor
 from nmt.optim import Scheduler, build_optimizer, build_scheduler
-from nmt.runtime import tune_malloc
+from nmt.runtime import pick_device, tune_malloc
 from nmt.search import translate_lines
+from nmt.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +66,12 @@ class TrainingError(Exception):
 
 
 class TrainingInterrupted(Exception):
-    """SIGINT/SIGTERM: ``last.pt`` was written; ``signum`` tells which signal."""
+    """SIGINT/SIGTERM: ``last.pt`` holds the run's latest state (``path``; None when the
+    signal came before training started, and nothing needed saving)."""
 
-    def __init__(self, signum: int, path: Path) -> None:
-        super().__init__(f"interrupted by signal {signum}; state saved to {path}")
+    def __init__(self, signum: int, path: Path | None) -> None:
+        where = f"state saved to {path}" if path else "before training started"
+        super().__init__(f"interrupted by signal {signum}; {where}")
         self.signum = signum
         self.path = path
 
@@ -77,20 +89,13 @@ class TrainState:
     skipped_updates: int = 0
     elapsed_s: float = 0.0
     tokens: int = 0
-    kept: list[list[Any]] = field(default_factory=list)  # [[metric, path], ...] best-N files
+    # the best-N files of this run directory: [[metric, file name], ...], best first
+    kept: list[list[Any]] = field(default_factory=list)
+    valid_update: int = -1  # the update of the last validation (-1: none yet)
 
 
 # ---------------------------------------------------------------------------------------------
 # set-up helpers
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise TrainingError(f"device={name}: CUDA is not available on this machine")
-    return device
 
 
 def seed_everything(seed: int) -> None:
@@ -285,15 +290,29 @@ def trainer_payload(
 
 
 def find_resume(cfg: TrainConfig, out_dir: Path) -> Path | None:
-    """``resume=FILE``, ``resume=RUN_DIR`` (its last.pt), or ``out_dir/last.pt`` if it exists."""
+    """The checkpoint this run continues from, or None for a fresh run.
+
+    ``out_dir/last.pt`` when it exists: it is this run's own latest state, newer than any
+    ``resume=`` given on the command line (a torchrun restart, or the resume command run a
+    second time, must not go back to the older file and then overwrite the newer one).
+    Otherwise ``resume=FILE`` or ``resume=RUN_DIR`` (its last.pt).
+    """
+    last = out_dir / "last.pt"
     if cfg.resume:
         path = Path(cfg.resume)
         if path.is_dir():
             path = path / "last.pt"
         if not path.is_file():
             raise CheckpointError(f"resume={cfg.resume}: no checkpoint at {path}")
+        if last.is_file() and not last.samefile(path):
+            log.warning(
+                "%s exists: continuing from it, not from resume=%s (it holds this run's "
+                "latest state)",
+                last,
+                cfg.resume,
+            )
+            return last
         return path
-    last = out_dir / "last.pt"
     return last if last.is_file() else None
 
 
@@ -302,16 +321,22 @@ def find_resume(cfg: TrainConfig, out_dir: Path) -> Path | None:
 
 
 class StopFlag:
-    """Set by SIGINT/SIGTERM; the loop finishes its update, saves and exits.
+    """SIGINT/SIGTERM handling for a training run.
 
-    A second signal stops at once, unless it comes within ``GRACE_S`` of the first: under
-    torchrun a Ctrl-C reaches each worker twice, from the terminal and relayed by torchrun.
+    In the loop (``immediate`` false) a signal sets ``signum``: the loop finishes its update,
+    saves and exits. A second signal stops at once, unless it comes within ``GRACE_S`` of the
+    first: under torchrun a Ctrl-C reaches each worker twice, from the terminal and relayed by
+    torchrun. Before the loop and after it (set-up, the final validation and test decoding,
+    when ``last.pt`` already holds everything) a signal stops at once with
+    ``TrainingInterrupted``.
     """
 
     GRACE_S = 2.0
 
     def __init__(self) -> None:
         self.signum = 0
+        self.immediate = True
+        self.saved: Path | None = None  # what TrainingInterrupted reports in immediate mode
         self._first = 0.0
         self._old: dict[int, Any] = {}
 
@@ -328,12 +353,22 @@ class StopFlag:
             signal.signal(sig, old)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.immediate:
+            raise TrainingInterrupted(signum, self.saved)
         if self.signum:  # second signal: stop now
             if time.monotonic() - self._first < self.GRACE_S:
                 return
             raise KeyboardInterrupt
         self.signum, self._first = signum, time.monotonic()
         log.warning("signal %d received: finishing this update, then saving last.pt", signum)
+
+
+class Decision(IntEnum):
+    """What every rank does after an update; the largest value over the ranks wins."""
+
+    GO_ON = 0
+    STOP = 1
+    INTERRUPTED = 2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -343,19 +378,24 @@ class StopFlag:
 def update_groups(
     sampler: BucketBatchSampler, dataset: ParallelDataset, pad: int, bos: int, eos: int, accum: int
 ) -> Iterator[list[Batch]]:
-    """Batches of one epoch grouped ``accum`` at a time (the epoch's tail forms a smaller group).
+    """The rest of the current epoch's batches, ``accum`` at a time (the epoch's tail forms a
+    smaller group).
 
-    Lazy: the sampler's position advances only as batches are drawn, so a checkpoint written
-    after an update resumes exactly at the next group.
+    Lazy, and the sampler's position advances only as batches are drawn, so a checkpoint
+    written after an update resumes exactly at the next group. The last group is yielded
+    without resuming the sampler's iterator: the sampler stays at the end of this epoch
+    (rather than stepping into the next), so a checkpoint written after the epoch's last update
+    resumes at the next epoch, once.
     """
+    left = len(sampler) - sampler.position
+    batches = iter(sampler)
     group: list[Batch] = []
-    for idx in sampler:
+    for k in range(left):
+        idx = next(batches)
         group.append(collate([(i, *dataset[i]) for i in idx], pad, bos, eos))
-        if len(group) == accum:
+        if len(group) == accum or k == left - 1:
             yield group
             group = []
-    if group:
-        yield group
 
 
 def train_sampler(
@@ -375,35 +415,80 @@ def train_sampler(
     )
 
 
-def train(cfg: TrainConfig, out_dir: Path) -> dict[str, Any]:
-    """Train, validate, checkpoint; evaluate the best checkpoint on test at the end.
+@dataclass
+class Run:
+    """Everything a training run holds between set-up, the loop and the finish."""
 
-    Returns a summary dict (also written to ``out_dir/results.json`` on rank 0).
-    """
-    out_dir = Path(out_dir)
+    cfg: TrainConfig
+    out_dir: Path
+    ctx: dist_utils.DistContext
+    device: torch.device
+    prepared: Prepared
+    train_set: ParallelDataset
+    sampler: BucketBatchSampler
+    model: Seq2Seq
+    criterion: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Scheduler
+    scaler: torch.amp.GradScaler | None
+    state: TrainState
+    monitor: Monitor | None = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.ctx.rank == 0
+
+    def save_last(self) -> Path:
+        """Write ``last.pt`` (every rank must call: the RNG states are gathered)."""
+        path = self.out_dir / "last.pt"
+        rank_rngs = dist_utils.gather_objects(self.ctx, rng_state(self.device))
+        if self.is_main:
+            payload = model_payload(self.model, self.cfg.model, self.prepared.tokenizer)
+            payload["trainer"] = trainer_payload(
+                self.state,
+                self.optimizer,
+                self.scheduler,
+                self.scaler,
+                self.sampler,
+                self.ctx.world_size,
+                rank_rngs,
+            )
+            payload["train_config"] = asdict(self.cfg)
+            save_checkpoint(path, payload)
+        return path
+
+    def get_monitor(self) -> Monitor:
+        """TensorBoard, opened on first use (a finished run re-run writes nothing)."""
+        if self.monitor is None:
+            self.monitor = Monitor(
+                self.out_dir, enabled=self.is_main and self.cfg.trainer.tensorboard
+            )
+            if self.is_main:
+                self.monitor.hparams(self.cfg)
+        return self.monitor
+
+
+def setup(cfg: TrainConfig, out_dir: Path) -> Run:
+    """Device, data, model, optimizer, and the state to continue from."""
     ctx = dist_utils.init(cfg.device, cfg.trainer.dist_timeout_s)
     device = ctx.device if ctx.world_size > 1 else pick_device(cfg.device)
-    is_main = ctx.rank == 0
     tcfg, ocfg = cfg.trainer, cfg.optim
     if tcfg.num_threads > 0:
         torch.set_num_threads(tcfg.num_threads)
     tune_malloc()
     tf32 = set_tf32(tcfg.tf32)
-    if is_main and device.type == "cuda":
+    if ctx.rank == 0 and device.type == "cuda":
         log.info(
             "precision %s; TF32 matmul=%s cudnn=%s (trainer.tf32)",
             tcfg.precision,
             tf32["matmul"],
             tf32["cudnn"],
         )
-    if tcfg.precision not in ("fp32", "bf16", "fp16"):
-        raise TrainingError(f"trainer.precision: unknown '{tcfg.precision}' (fp32 | bf16 | fp16)")
     if tcfg.precision == "fp16" and device.type != "cuda":
         raise TrainingError("trainer.precision=fp16 needs CUDA; use bf16 on the CPU")
-    if tcfg.early_stop_metric not in ("bleu", "chrf", "loss"):
-        raise TrainingError(
-            f"trainer.early_stop_metric: unknown '{tcfg.early_stop_metric}' (bleu | chrf | loss)"
-        )
+    if ctx.rank == 0 and out_dir.is_dir():
+        for tmp in remove_stale_temps(out_dir):
+            log.info("removed %s, left by a writer that was killed", tmp)
     seed_everything(tcfg.seed)
 
     # data: rank 0 builds the cache, the others then find it
@@ -418,6 +503,7 @@ def train(cfg: TrainConfig, out_dir: Path) -> dict[str, Any]:
             "data.cache_dir on a shared filesystem or copy rank 0's cache to every machine"
         )
     sampler = train_sampler(train_set, tcfg, ctx.world_size, ctx.rank)
+    check_epoch_size(sampler, tcfg, ctx.world_size)
 
     model = build_model(cfg.model, tok.src_vocab_size, tok.tgt_vocab_size, tok.pad_id).to(device)
     criterion: nn.Module = Criterion(model, ocfg.label_smoothing)
@@ -427,13 +513,17 @@ def train(cfg: TrainConfig, out_dir: Path) -> dict[str, Any]:
         criterion = DistributedDataParallel(
             criterion, device_ids=None, **dist_utils.no_buffer_sync()
         )
+
         # DDP copied rank 0's parameters to every rank; from here on each rank draws its own
         # dropout masks (the same seed everywhere would repeat them across ranks)
         seed_everything(tcfg.seed + ctx.rank)
     optimizer = build_optimizer(model.parameters(), ocfg)
     scheduler = build_scheduler(optimizer, ocfg, metric_mode(tcfg.early_stop_metric))
     scaler = torch.amp.GradScaler("cuda") if tcfg.precision == "fp16" else None
-    state = TrainState()
+    run = Run(
+        cfg, out_dir, ctx, device, prepared, train_set, sampler, model, criterion, optimizer,
+        scheduler, scaler, TrainState(),
+    )  # fmt: skip
 
     resume_from = find_resume(cfg, out_dir)
     if dist_utils.sum_int(ctx, resume_from is not None) not in (0, ctx.world_size):
@@ -442,150 +532,270 @@ def train(cfg: TrainConfig, out_dir: Path) -> dict[str, Any]:
             "output directory must be on a shared filesystem"
         )
     if resume_from is not None:
-        state = resume(
-            resume_from, model, optimizer, scheduler, scaler, sampler, ctx.world_size, ctx.rank
+        run.state = resume(
+            resume_from,
+            model,
+            optimizer,
+            scheduler,
+            scaler,
+            sampler,
+            ctx.world_size,
+            ctx.rank,
+            tok.fingerprint(),
         )
+        adopt_run_files(run, resume_from)
         log.info(
-            "resumed from %s at update %d (epoch %d)", resume_from, state.update, state.epoch + 1
+            "resumed from %s at update %d (epoch %d)",
+            resume_from,
+            run.state.update,
+            run.state.epoch + 1,
         )
     else:
         sampler.set_epoch(0)
-
-    monitor = Monitor(out_dir, enabled=is_main and tcfg.tensorboard)
-    if is_main:
-        n_params = sum(p.numel() for p in model.parameters())
+    if run.is_main:
         log.info(
             "model: %.2fM parameters; train pairs: %d; device: %s; world size: %d",
-            n_params / 1e6,
+            sum(p.numel() for p in model.parameters()) / 1e6,
             len(train_set),
             device,
             ctx.world_size,
         )
-        monitor.hparams(cfg)
+    return run
 
-    def save_last() -> Path:
-        path = out_dir / "last.pt"
-        rank_rngs = dist_utils.gather_objects(
-            ctx, rng_state(device)
-        )  # a collective: every rank calls
-        if is_main:
-            payload = model_payload(model, cfg.model, tok)
-            payload["trainer"] = trainer_payload(
-                state, optimizer, scheduler, scaler, sampler, ctx.world_size, rank_rngs
-            )
-            payload["train_config"] = asdict(cfg)
-            save_checkpoint(path, payload)
-        return path
 
-    bar = tqdm(
+def check_epoch_size(sampler: BucketBatchSampler, tcfg: TrainerConfig, world_size: int) -> None:
+    """An epoch must give every process at least one batch, or the loop could never update."""
+    if len(sampler) == 0:
+        raise TrainingError(
+            f"the training split gives fewer batches per epoch at trainer.max_tokens="
+            f"{tcfg.max_tokens} than the {world_size} processes: use fewer processes, a "
+            "smaller trainer.max_tokens or more training data"
+        )
+
+
+def adopt_run_files(run: Run, resume_from: Path) -> None:
+    """Make the state's file list refer to this run directory only.
+
+    The kept best-N list names files of the directory the checkpoint came from; a run resumed
+    into another directory must never delete them, so it starts its own list, and it takes a
+    copy of that run's ``best.pt`` (the model its best score belongs to) unless it has one.
+    """
+    state, out_dir = run.state, run.out_dir
+    source = resume_from.resolve().parent
+    same_dir = out_dir.is_dir() and source.samefile(out_dir)
+    kept = []
+    for value, name in state.kept:
+        path = Path(name)
+        if not path.is_absolute():
+            path = source / path
+        if same_dir and path.parent.resolve() == source:
+            kept.append([value, path.name])
+    state.kept = kept
+    best = source / "best.pt"
+    if not same_dir and run.is_main and best.is_file() and not (out_dir / "best.pt").exists():
+        copy_file(best, out_dir / "best.pt")
+        log.info("copied %s into %s (the best model so far)", best, out_dir)
+
+
+def copy_file(src: Path, dst: Path) -> None:
+    """Copy atomically: a temporary file beside ``dst``, fsync, rename."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(dst, src.read_bytes())
+
+
+def finished(cfg: TrainConfig, state: TrainState) -> str:
+    """Why the run is over by its limits (empty while it can go on)."""
+    t = cfg.trainer
+    if t.max_updates and state.update >= t.max_updates:
+        return f"reached max_updates={t.max_updates}"
+    if t.max_epochs and state.epoch >= t.max_epochs:
+        return f"reached max_epochs={t.max_epochs}"
+    if t.max_time_min and state.elapsed_s >= t.max_time_min * 60:
+        return f"reached max_time_min={t.max_time_min}"
+    if t.patience > 0 and state.bad_validations >= t.patience:
+        return f"early stopping: no improvement in {t.patience} validations"
+    return ""
+
+
+def train(cfg: TrainConfig, out_dir: Path) -> dict[str, Any]:
+    """Train, validate, checkpoint; evaluate the best checkpoint on test at the end.
+
+    Returns a summary dict (also written to ``out_dir/results.json`` on rank 0). A run whose
+    limits are already reached (a finished run started again) trains no further: it completes
+    whatever of its final validation and test scoring had not been written, or, when nothing
+    is missing, returns the stored results and changes nothing.
+    """
+    out_dir = Path(out_dir)
+    run: Run | None = None
+    bar: tqdm | None = None
+    try:
+        with StopFlag() as flag:
+            run = setup(cfg, out_dir)
+            stop_reason = finished(cfg, run.state)
+            if stop_reason:
+                stored = dist_utils.broadcast_object(run.ctx, stored_results(run))
+                if stored is not None:
+                    log.info("this run is already finished (%s): nothing to do", stop_reason)
+                    return stored
+            else:
+                bar = progress_bar(run)
+                stop_reason = train_loop(run, flag, bar)
+                bar.close()
+            flag.immediate, flag.saved = True, run.out_dir / "last.pt"
+            return finish(run, stop_reason)
+    finally:
+        if bar is not None:
+            bar.close()
+        if run is not None:
+            if run.monitor is not None:
+                run.monitor.close()
+            dist_utils.cleanup(run.ctx)
+
+
+def progress_bar(run: Run) -> tqdm:
+    tcfg = run.cfg.trainer
+    return tqdm(
         total=tcfg.max_updates or None,
-        initial=state.update,
+        initial=run.state.update,
         desc="train",
         unit="upd",
-        disable=not (is_main and tcfg.progress and sys.stderr.isatty()),
+        disable=not (run.is_main and tcfg.progress and sys.stderr.isatty()),
         dynamic_ncols=True,
     )
-    log_acc = {
-        "loss": 0.0,
-        "nll": 0.0,
-        "tokens": 0,
-        "cells": 0,
-        "real": 0,
-        "t0": time.perf_counter(),
-    }
-    run_start = time.perf_counter() - state.elapsed_s
-    stop_reason = ""
-    model.train()
-    with StopFlag() as flag:
-        while not stop_reason:
-            for group in update_groups(
-                sampler, train_set, tok.pad_id, tok.bos_id, tok.eos_id, tcfg.accum_steps
-            ):
-                stats = train_update(
-                    group,
-                    criterion,
-                    model,
-                    optimizer,
-                    scaler,
-                    ctx,
-                    device,
-                    tcfg.precision,
-                    ocfg.clip_norm,
-                )
-                if not stats["finite"]:
-                    state.nonfinite_in_row += 1
-                    state.skipped_updates += 1
-                    log.warning(
-                        "non-finite loss or gradient at update %d: update skipped (%d in a row)",
-                        state.update + 1,
-                        state.nonfinite_in_row,
-                    )
-                    if state.nonfinite_in_row >= tcfg.max_bad_steps:
-                        save_last()
-                        raise TrainingError(
-                            f"{state.nonfinite_in_row} non-finite losses in a row at update "
-                            f"{state.update}: lower optim.lr or use trainer.precision=fp32"
-                        )
-                    continue
-                state.nonfinite_in_row = 0
-                state.update += 1
-                state.tokens += int(stats["tokens"])
-                if not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                    scheduler.step()
-                for k in ("loss", "nll", "tokens", "cells", "real"):
-                    log_acc[k] += stats[k]
-                bar.update(1)
 
-                if state.update % tcfg.log_every == 0:
-                    log_train(state, log_acc, optimizer, monitor, bar, stats["grad_norm"], is_main)
-                if state.update % tcfg.valid_every == 0:
-                    run_validation(
-                        cfg, model, prepared, device, state, scheduler, monitor, out_dir, ctx
-                    )
-                    if tcfg.patience > 0 and state.bad_validations >= tcfg.patience:
-                        stop_reason = (
-                            f"early stopping: no improvement in {tcfg.patience} validations"
-                        )
-                state.elapsed_s = time.perf_counter() - run_start
-                if state.update % tcfg.save_every == 0:
-                    save_last()
-                if not stop_reason:
-                    stop_reason = limits_reached(cfg, state)
-                # every rank takes the same exit: 0 go on, 1 stop normally, 2 interrupted
-                decision = dist_utils.max_int(ctx, 1 if stop_reason else 2 if flag.signum else 0)
-                if decision == 2:
-                    stop_reason = ""
-                elif decision == 1 and not stop_reason:  # only the wall clock differs by rank
-                    stop_reason = f"reached max_time_min={tcfg.max_time_min} on another rank"
-                if decision:
-                    break
-            else:  # the epoch ended
-                state.epoch += 1
-                sampler.set_epoch(state.epoch)
-                if tcfg.max_epochs and state.epoch >= tcfg.max_epochs:
-                    stop_reason = f"reached max_epochs={tcfg.max_epochs}"
+
+def train_loop(run: Run, flag: StopFlag, bar: tqdm) -> str:
+    """Updates until a limit is reached (returns why) or a signal arrives (raises
+    ``TrainingInterrupted`` after saving ``last.pt``)."""
+    cfg, state, tcfg = run.cfg, run.state, run.cfg.trainer
+    tok = run.prepared.tokenizer
+    log_acc = {"loss": 0.0, "nll": 0.0, "tokens": 0, "cells": 0, "real": 0}
+    log_acc["t0"] = time.perf_counter()
+    run_start = time.perf_counter() - state.elapsed_s
+    run.model.train()
+    flag.immediate = False
+    while True:
+        updated = False
+        for group in update_groups(
+            run.sampler, run.train_set, tok.pad_id, tok.bos_id, tok.eos_id, tcfg.accum_steps
+        ):
+            updated = True
+            stats = train_update(
+                group,
+                run.criterion,
+                run.model,
+                run.optimizer,
+                run.scaler,
+                run.ctx,
+                run.device,
+                tcfg.precision,
+                cfg.optim.clip_norm,
+            )
+            if not stats["finite"]:
+                skip_update(run, state)
                 continue
-            if not stop_reason:  # a signal here or on another rank
+            state.nonfinite_in_row = 0
+            state.update += 1
+            state.tokens += int(stats["tokens"])
+            if not isinstance(run.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                run.scheduler.step()
+            for k in ("loss", "nll", "tokens", "cells", "real"):
+                log_acc[k] += stats[k]
+            bar.update(1)
+            fault_point("update")
+
+            if state.update % tcfg.log_every == 0:
+                log_train(
+                    state, log_acc, run.optimizer, run.get_monitor(), bar, stats["grad_norm"],
+                    run.is_main,
+                )  # fmt: skip
+            if state.update % tcfg.valid_every == 0:
+                run_validation(
+                    cfg, run.model, run.prepared, run.device, state, run.scheduler,
+                    run.get_monitor(), run.out_dir, run.ctx,
+                )  # fmt: skip
+            state.elapsed_s = time.perf_counter() - run_start
+            if state.update % tcfg.save_every == 0:
+                run.save_last()
+            stop_reason = finished(cfg, state)
+            # every rank takes the same exit
+            local = Decision.STOP if stop_reason else Decision.GO_ON
+            if flag.signum:
+                local = Decision.INTERRUPTED
+            decision = Decision(dist_utils.max_int(run.ctx, int(local)))
+            if decision == Decision.INTERRUPTED:
                 state.elapsed_s = time.perf_counter() - run_start
-                path = save_last()
-                bar.close()
-                monitor.close()
-                if is_main:
+                path = run.save_last()
+                if run.is_main:
                     log.warning(
                         "interrupted at update %d; saved %s. Resume with: python -m nmt.train "
-                        "resume=%s (plus the same overrides)",
+                        "resume=%s",
                         state.update,
                         path,
                         path,
                     )
-                dist_utils.cleanup(ctx)
                 raise TrainingInterrupted(flag.signum or signal.SIGTERM, path)
-    bar.close()
-    state.elapsed_s = time.perf_counter() - run_start
+            if decision == Decision.STOP:  # only the wall clock can differ by rank
+                return stop_reason or f"reached max_time_min={tcfg.max_time_min} on another rank"
+        if not updated and run.sampler.position == 0:
+            raise TrainingError(
+                f"epoch {state.epoch + 1} gave this process no batch: the training split is "
+                "too small for trainer.max_tokens and the number of processes"
+            )
+        state.epoch += 1  # the epoch ended
+        run.sampler.set_epoch(state.epoch)
+        stop_reason = finished(cfg, state)
+        if stop_reason:
+            return stop_reason
+
+
+def skip_update(run: Run, state: TrainState) -> None:
+    """Count a non-finite update; give up (after saving) when too many come in a row."""
+    state.nonfinite_in_row += 1
+    state.skipped_updates += 1
+    log.warning(
+        "non-finite loss or gradient at update %d: update skipped (%d in a row)",
+        state.update + 1,
+        state.nonfinite_in_row,
+    )
+    if state.nonfinite_in_row >= run.cfg.trainer.max_bad_steps:
+        run.save_last()
+        raise TrainingError(
+            f"{state.nonfinite_in_row} non-finite losses in a row at update "
+            f"{state.update}: lower optim.lr or use trainer.precision=fp32"
+        )
+
+
+def stored_results(run: Run) -> dict[str, Any] | None:
+    """``results.json`` when it describes this state completely (nothing left to do)."""
+    path = run.out_dir / "results.json"
+    if not path.is_file():
+        return None
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(results, dict) or results.get("updates") != run.state.update:
+        return None
+    if run.cfg.eval_test and "test" not in results:
+        return None
+    return results
+
+
+def finish(run: Run, stop_reason: str) -> dict[str, Any]:
+    """Final validation (unless this update was validated), ``last.pt``, test scores and
+    ``results.json``. ``last.pt`` is written before anything slow, so a signal or a crash in
+    here loses no update; started again, the run does only what is missing."""
+    state, cfg = run.state, run.cfg
     log.info("stopping: %s", stop_reason)
-    if state.update % tcfg.valid_every != 0 and state.update > 0:
-        run_validation(cfg, model, prepared, device, state, scheduler, monitor, out_dir, ctx)
-    save_last()
+    run.save_last()
+    fault_point("finish")
+    if state.update > 0 and state.valid_update != state.update:
+        run_validation(
+            cfg, run.model, run.prepared, run.device, state, run.scheduler, run.get_monitor(),
+            run.out_dir, run.ctx,
+        )  # fmt: skip
+        run.save_last()
     results: dict[str, Any] = {
         "updates": state.update,
         "epochs": state.epoch,
@@ -594,19 +804,22 @@ def train(cfg: TrainConfig, out_dir: Path) -> dict[str, Any]:
         "best_metric": state.best,
         "best_update": state.best_update,
         "stop_reason": stop_reason,
-        "out_dir": str(out_dir),
+        "out_dir": str(run.out_dir),
     }
-    if is_main and cfg.eval_test:
-        results["test"] = evaluate_test(cfg, prepared, out_dir, device, model)
-        monitor.scalars(
+    if run.is_main and cfg.eval_test:
+        results["test"] = evaluate_test(cfg, run.prepared, run.out_dir, run.device, run.model)
+        run.get_monitor().scalars(
             {"test/bleu": results["test"]["bleu"], "test/chrf": results["test"]["chrf"]},
             state.update,
         )
-    if is_main:
-        (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    monitor.close()
-    dist_utils.cleanup(ctx)
+    if run.is_main:
+        write_json(run.out_dir / "results.json", results)
     return results
+
+
+def write_json(path: Path, value: Any) -> None:
+    """Atomically (temporary file, rename): a reader never sees half a file."""
+    write_atomic(path, (json.dumps(value, indent=2) + "\n").encode("utf-8"))
 
 
 def train_update(
@@ -758,6 +971,7 @@ def run_validation(
         )
         monitor.validation(res, model, prepared, device, state.update)
     value = dist_utils.broadcast_float(ctx, value)
+    state.valid_update = state.update
     if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
         scheduler.step(value)
     if improved(value, state.best, metric_name):
@@ -792,23 +1006,14 @@ def save_best(
     keep = cfg.trainer.keep_best
     if keep <= 0:
         return
-    path = out_dir / f"ckpt_u{state.update}.pt"
-    save_checkpoint(path, payload)
-    state.kept.append([value, str(path)])
+    name = f"ckpt_u{state.update}.pt"
+    save_checkpoint(out_dir / name, payload)
+    state.kept = [kv for kv in state.kept if kv[1] != name] + [[value, name]]
     reverse = metric_mode(cfg.trainer.early_stop_metric) == "max"
     state.kept.sort(key=lambda kv: kv[0], reverse=reverse)
-    for _, old in state.kept[keep:]:
-        Path(old).unlink(missing_ok=True)
+    for _, old in state.kept[keep:]:  # only files this run wrote, in this directory
+        (out_dir / old).unlink(missing_ok=True)
     state.kept = state.kept[:keep]
-
-
-def limits_reached(cfg: TrainConfig, state: TrainState) -> str:
-    t = cfg.trainer
-    if t.max_updates and state.update >= t.max_updates:
-        return f"reached max_updates={t.max_updates}"
-    if t.max_time_min and state.elapsed_s >= t.max_time_min * 60:
-        return f"reached max_time_min={t.max_time_min}"
-    return ""
 
 
 def resume(
@@ -820,18 +1025,21 @@ def resume(
     sampler: BucketBatchSampler,
     world_size: int,
     rank: int = 0,
+    data_fingerprint: str | None = None,
 ) -> TrainState:
     ckpt = load_checkpoint(path)
     if "trainer" not in ckpt:
         raise CheckpointError(
             f"{path}: a model-only checkpoint (best/averaged) cannot resume training"
         )
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
+    tokenizer = Tokenizer.from_bytes(ckpt["tokenizer"])
+    if data_fingerprint is not None and tokenizer.fingerprint() != data_fingerprint:
         raise CheckpointError(
-            f"{path}: does not fit this model config ({str(e).splitlines()[0]})"
-        ) from None
+            f"{path}: its SentencePiece model (fingerprint {tokenizer.fingerprint()[:12]}) is "
+            f"not the one the data was prepared with ({data_fingerprint[:12]}): the weights "
+            "would meet another vocabulary; use the same data and tokenizer settings"
+        )
+    check_fits(path, ckpt["model"], model)
     t = ckpt["trainer"]
     optimizer.load_state_dict(t["optimizer"])
     scheduler.load_state_dict(t["scheduler"])
@@ -842,6 +1050,10 @@ def resume(
         sampler.load_state_dict(t["sampler"])
         device = next(model.parameters()).device
         set_rng_state(t.get("rank_rngs", [t["rng"]])[rank], device)
+        if sampler.epoch == state.epoch + 1 and sampler.position == 0:
+            # written by an older nmt after an epoch's last, smaller accumulation group: the
+            # sampler had already stepped into the next epoch, the counter had not
+            state.epoch += 1
     else:  # a different number of processes: start the next epoch afresh
         state.epoch += 1
         sampler.set_epoch(state.epoch)
@@ -852,6 +1064,31 @@ def resume(
             state.epoch + 1,
         )
     return state
+
+
+def check_fits(path: Path, weights: dict[str, torch.Tensor], model: nn.Module) -> None:
+    """Load ``weights`` into ``model``, or say in one line which tensors differ."""
+    own = model.state_dict()
+    sized = [
+        f"{k} {tuple(v.shape)} in the checkpoint, {tuple(own[k].shape)} here"
+        for k, v in weights.items()
+        if k in own and v.shape != own[k].shape
+    ]
+    missing = [k for k in own if k not in weights]
+    extra = [k for k in weights if k not in own]
+    problems = []
+    if sized:
+        problems.append(f"{len(sized)} tensors differ in size: " + "; ".join(sized[:3]))
+    if missing:
+        problems.append(f"{len(missing)} missing: " + ", ".join(missing[:3]))
+    if extra:
+        problems.append(f"{len(extra)} unexpected: " + ", ".join(extra[:3]))
+    if problems:
+        raise CheckpointError(
+            f"{path}: does not fit this model config ({' | '.join(problems)}); resume with the "
+            "run's own model settings"
+        )
+    model.load_state_dict(weights)
 
 
 def evaluate_test(
@@ -871,5 +1108,5 @@ def evaluate_test(
     scores["translations"] = str(hyp_path)
     scores["checkpoint"] = str(best if best.is_file() else out_dir / "last.pt")
     scores["beam_size"] = cfg.decode.beam_size
-    (out_dir / "test_scores.json").write_text(json.dumps(scores, indent=2) + "\n")
+    write_json(out_dir / "test_scores.json", scores)
     return scores

@@ -7,6 +7,7 @@ nothing but the checkpoint(s); several comma-separated checkpoints are ensembled
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -21,16 +22,35 @@ log = logging.getLogger("nmt.translate")
 
 
 class InputError(Exception):
-    """Unreadable input text (one-line message)."""
+    """Unreadable input text or an output that cannot be written (one-line message)."""
+
+
+def check_writable(key: str, path: str | None) -> None:
+    """Fail before any work when ``path`` (``-`` = stdout) could not be written."""
+    if path is None or path == "-":
+        return
+    p = Path(path)
+    parent = p.parent if str(p.parent) else Path(".")
+    if p.is_dir():
+        raise InputError(f"{key}={path}: is a directory")
+    if not parent.is_dir():
+        raise InputError(f"{key}={path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise InputError(f"{key}={path}: not writable")
 
 
 def read_lines(path: str) -> list[str]:
-    """Lines of ``path`` (``-`` = stdin), checked for UTF-8 with the failing line number."""
+    """Lines of ``path`` (``-`` = stdin), checked for UTF-8 with the failing line number.
+
+    Read as prepare reads training text: a leading UTF-8 BOM and a trailing '\r' per line are
+    dropped."""
     name = "<stdin>" if path == "-" else path
     try:
         data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
     except OSError as e:
         raise InputError(f"{name}: cannot read input ({e.strerror})") from None
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
     lines = data.split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()
@@ -54,11 +74,12 @@ def write_lines(path: str, lines: list[str]) -> None:
 
 def run(cfg: TranslateConfig) -> None:
     from nmt.checkpoint import load_for_decoding
-    from nmt.runtime import tune_malloc
+    from nmt.runtime import pick_device, tune_malloc
     from nmt.search import translate_lines
-    from nmt.trainer import pick_device
 
     tune_malloc()
+    check_writable("output", cfg.output)
+    check_writable("nbest_output", cfg.nbest_output)
     device = pick_device(cfg.device)
     model, tokenizer = load_for_decoding(cfg.ckpt, device)
     lines = read_lines(cfg.input)
@@ -84,8 +105,8 @@ def main(dcfg: DictConfig) -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
-    cfg: TranslateConfig = OmegaConf.to_object(dcfg)  # type: ignore[assignment]
     try:
+        cfg: TranslateConfig = OmegaConf.to_object(dcfg)  # type: ignore[assignment]
         run(cfg)
     except (InputError, CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

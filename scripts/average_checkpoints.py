@@ -1,54 +1,6 @@
-"""Average the weights of several checkpoints into one that ``nmt.translate`` accepts.
+"""Kept for old command lines: the same as ``nmt-average`` / ``python -m nmt.average``."""
 
-python scripts/average_checkpoints.py --last 5 --run runs/default -o runs/default/avg.pt
-python scripts/average_checkpoints.py a.pt b.pt c.pt -o avg.pt
-"""
-
-from __future__ import annotations
-
-import argparse
-import re
-import sys
-from pathlib import Path
-
-from nmt.checkpoint import CheckpointError, average_checkpoints, save_checkpoint
-
-
-def last_checkpoints(run: Path, n: int) -> list[Path]:
-    """The ``n`` most recent ``ckpt_u{update}.pt`` files of a run directory."""
-    found = sorted(
-        (int(m.group(1)), p)
-        for p in run.glob("ckpt_u*.pt")
-        if (m := re.fullmatch(r"ckpt_u(\d+)\.pt", p.name))
-    )
-    return [p for _, p in found[-n:]]
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("checkpoints", nargs="*", type=Path, help="checkpoints to average")
-    ap.add_argument("--run", type=Path, help="a run directory (with --last)")
-    ap.add_argument("--last", type=int, default=0, help="average the last N ckpt_u*.pt of --run")
-    ap.add_argument("-o", "--output", type=Path, required=True)
-    args = ap.parse_args(argv)
-    paths = list(args.checkpoints)
-    if args.last:
-        if args.run is None:
-            ap.error("--last needs --run")
-        paths += last_checkpoints(args.run, args.last)
-    if not paths:
-        ap.error("no checkpoints to average")
-    try:
-        averaged = average_checkpoints(paths)
-        save_checkpoint(args.output, averaged)
-    except CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"averaged {len(paths)} checkpoints into {args.output}")
-    return 0
-
+from nmt.average import cli
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli()

@@ -932,7 +932,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from nmt.data import prepare
-    from nmt.trainer import pick_device
+    from nmt.runtime import pick_device
 
     command = " ".join(shlex.quote(a) for a in ["python", "scripts/benchmark.py", *sys.argv[1:]])
     torch.set_num_threads(args.threads)
