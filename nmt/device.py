@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from nmt.data import Batch
+if TYPE_CHECKING:  # no runtime import: nmt.lstm and nmt.encoder import this module
+    from nmt.data import Batch
 
 log = logging.getLogger(__name__)
 
