@@ -58,7 +58,7 @@ def run(cfg: EvaluateConfig) -> dict:
     return scores
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="evaluate")
+@hydra.main(version_base="1.3", config_path="configs", config_name="evaluate")
 def main(dcfg: DictConfig) -> None:
     from nmt.checkpoint import CheckpointError
     from nmt.translate import InputError

@@ -22,7 +22,7 @@ from nmt.data import DataError, prepare
 ConfigStore.instance().store(name="prepare_schema", node=PrepareConfig)
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="prepare")
+@hydra.main(version_base="1.3", config_path="configs", config_name="prepare")
 def main(cfg: DictConfig) -> None:
     logging.basicConfig(
         level=logging.INFO,

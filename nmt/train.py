@@ -122,7 +122,7 @@ def _known_keys(stored: dict, schema: object) -> dict:
     }
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="train")
+@hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(dcfg: DictConfig) -> None:
     from nmt import distributed as dist_utils
     from nmt.checkpoint import CheckpointError

@@ -98,7 +98,7 @@ def run(cfg: TranslateConfig) -> None:
     log.info("translated %d lines with %s", len(lines), cfg.ckpt)
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="translate")
+@hydra.main(version_base="1.3", config_path="configs", config_name="translate")
 def main(dcfg: DictConfig) -> None:
     from nmt.checkpoint import CheckpointError
 

@@ -1,0 +1,669 @@
+"""Batched greedy and beam search on any model with ``encode`` and ``step``.
+
+Shapes: B sentences in the batch, A sentences still being decoded (A <= B), K beam size,
+S source length, V target vocabulary, t number of target tokens generated so far.
+
+Both searches advance every sentence (and every beam) of a batch together with tensor
+operations; Python only loops over time steps. Sentences that are done are pruned from the
+batch (their rows of the memory and decoder state are dropped with ``index_select``), so the
+work per step shrinks as sentences finish, and the result for a sentence never depends on the
+other sentences of its batch.
+
+Rules shared by greedy and beam search:
+
+* Maximum output length per sentence: ``floor(max_len_a * src_len + max_len_b)`` tokens (eos not
+  counted), where ``src_len`` is the real source length as given in ``src_lengths`` (the eos
+  included). A hypothesis that reaches it without eos is finished as it is.
+* Minimum length: eos is blocked while fewer than ``min_len`` tokens have been generated.
+* Scores: the log-probability of the scored tokens (the output tokens, plus eos when the
+  hypothesis ended with eos) divided by the GNMT length penalty
+  ``lp = ((5 + n) / 6) ** alpha``, n = number of scored tokens; ``alpha = 0`` gives the raw
+  log-probability.
+
+Beam layout: batch-major; row ``a * K + k`` of the tiled decoder state is beam ``k`` of active
+sentence ``a``; the memory keeps one row per active sentence, shared by its K beams (see
+``Attention.forward``). A step expands every alive beam by the whole vocabulary, takes the top
+2K of the K*V candidates per sentence (``_top_extensions``), sets aside eos candidates that
+rank among the top K as finished, and keeps the best K non-eos candidates alive (as in
+fairseq). A sentence is done when it has K
+finished hypotheses, or its alive hypotheses reach the maximum length (they are then finished
+as they are), or (``early_stop``, the default) no alive hypothesis can still reach the n-th
+best finished score: log-probabilities only fall as a hypothesis grows, so an alive hypothesis
+with log-probability p can at best score p / lp(n') for a final length n' between the next step
+and the maximum length (lp is monotonic in n', so one of those two ends bounds it). The n best
+hypotheses are the same as without ``early_stop``; only steps that cannot change them are
+skipped. Finished hypotheses are stored in tensors of shape (B, K, ...) and sorted by score at
+the end.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol, cast
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from nmt.batching import BucketBatchSampler
+from nmt.config import DecodeConfig
+from nmt.model import Seq2Seq
+from nmt.tokenizer import Tokenizer
+
+logger = logging.getLogger(__name__)
+
+
+class Hypothesis(NamedTuple):
+    """One translation: tokens without bos/eos, length-penalised score, raw log-probability."""
+
+    tokens: list[int]
+    score: float
+    logprob: float
+
+
+class Searchable(Protocol):
+    """What the searches need: a Seq2Seq or an Ensemble.
+
+    ``encode`` returns (memory, state), both with ``index_select(index)`` along the batch;
+    ``step(prev (B*K,), state, memory)`` returns (log-probs (B*K, V), new state, attention
+    (B*K, S)), where the state has K rows per memory row (K = 1 in greedy search).
+    """
+
+    def encode(self, src: Tensor, src_lengths: Tensor) -> tuple[Any, Any]: ...
+
+    def step(self, prev: Tensor, state: Any, memory: Any) -> tuple[Tensor, Any, Tensor]: ...
+
+
+def as_searchable(model: nn.Module) -> Searchable:
+    """The module itself, checked to have ``encode`` and ``step`` (a Seq2Seq or an Ensemble)."""
+    if not (callable(getattr(model, "encode", None)) and callable(getattr(model, "step", None))):
+        raise TypeError(
+            f"{type(model).__name__} has no encode/step methods; pass the Seq2Seq or Ensemble "
+            "itself (unwrap DistributedDataParallel or torch.compile wrappers first)"
+        )
+    return cast(Searchable, model)
+
+
+# --------------------------------------------------------------------------------- shared rules
+
+
+def gnmt_penalty(length: int, alpha: float) -> float:
+    """GNMT length penalty ``((5 + length) / 6) ** alpha``; 1.0 when ``alpha == 0``."""
+    return ((5.0 + length) / 6.0) ** alpha
+
+
+def max_output_lengths(src_lengths: Tensor, max_len_a: float, max_len_b: float) -> Tensor:
+    """(B,) source lengths (eos included) -> (B,) int64 ``floor(a * len + b)``, at least 0."""
+    limit = torch.floor(src_lengths.double() * max_len_a + max_len_b).long()
+    return limit.clamp(min=0)
+
+
+def _block_eos(log_probs: Tensor, eos_id: int, t: int, min_len: int) -> Tensor:
+    """(N, V) log-probs with eos set to -inf while fewer than ``min_len`` tokens exist."""
+    if t >= min_len:
+        return log_probs
+    log_probs = log_probs.clone()
+    log_probs[:, eos_id] = -math.inf
+    return log_probs
+
+
+def _check_lengths(src: Tensor, src_lengths: Tensor) -> None:
+    if src.dim() != 2 or src_lengths.shape != (src.size(0),):
+        raise ValueError(
+            f"expected src (B, S) and src_lengths (B,), got {tuple(src.shape)} and "
+            f"{tuple(src_lengths.shape)}"
+        )
+
+
+# ---------------------------------------------------------------------------------------- greedy
+
+
+def greedy_decode(
+    model: Searchable,
+    src: Tensor,
+    src_lengths: Tensor,
+    bos_id: int,
+    eos_id: int,
+    max_len_a: float = 1.5,
+    max_len_b: float = 10,
+    min_len: int = 0,
+    length_penalty: float = 0.0,
+) -> list[Hypothesis]:
+    """Batched greedy decoding: one hypothesis per sentence, with its score and log-probability.
+
+    src: (B, S) int64 on the model's device, each row ids + [eos], padded; src_lengths: (B,)
+    int64 on CPU. ``length_penalty`` (GNMT alpha) only affects the reported score.
+    """
+    _check_lengths(src, src_lengths)
+    batch = src.size(0)
+    if batch == 0:
+        return []
+    memory, state = model.encode(src, src_lengths)
+    device = src.device
+    limits = max_output_lengths(src_lengths, max_len_a, max_len_b).to(device)  # (B,)
+    out = torch.zeros(batch, max(int(limits.max()), 1), dtype=torch.long, device=device)
+    out_len = torch.zeros(batch, dtype=torch.long, device=device)  # (B,) output tokens
+    out_scored = torch.zeros(batch, dtype=torch.long, device=device)  # (B,) + eos if ended so
+    out_logprob = torch.zeros(batch, dtype=torch.float32, device=device)  # (B,)
+
+    sent = torch.arange(batch, device=device)  # (A,) batch index of each row
+    prev = torch.full((batch,), bos_id, dtype=torch.long, device=device)  # (A,)
+    cum = torch.zeros(batch, dtype=torch.float32, device=device)  # (A,)
+    alive = limits > 0  # (A,) sentences allowed no output at all are finished (empty)
+    t = 0
+    while True:
+        # Finished rows are dropped from the batch once they are a quarter of it: dropping
+        # copies the memory and state, which costs more than stepping a few extra rows.
+        dead = int((~alive).sum())
+        if dead > 0 and (dead * 4 >= alive.numel() or dead == alive.numel()):
+            keep = alive.nonzero().squeeze(1)  # (A',)
+            sent, prev, cum, alive = sent[keep], prev[keep], cum[keep], alive[keep]
+            memory, state = memory.index_select(keep), state.index_select(keep)
+        if sent.numel() == 0:
+            break
+        log_probs, state, _ = model.step(prev, state, memory)  # (A, V)
+        log_probs = _block_eos(log_probs, eos_id, t, min_len)
+        best, prev = log_probs.max(dim=1)  # (A,), (A,)
+        cum = cum + best.float()
+        live = sent[alive]
+        out[live, t] = prev[alive]
+        is_eos = prev == eos_id  # (A,)
+        done = alive & (is_eos | (t + 1 >= limits[sent]))  # (A,) finishing at this step
+        finished = sent[done]
+        out_len[finished] = torch.where(is_eos[done], t, t + 1)
+        out_scored[finished] = t + 1
+        out_logprob[finished] = cum[done]
+        alive = alive & ~done
+        t += 1
+    rows, lens, scored = out.tolist(), out_len.tolist(), out_scored.tolist()
+    return [
+        Hypothesis(row[:n], lp / gnmt_penalty(m, length_penalty), lp)
+        for row, n, m, lp in zip(rows, lens, scored, out_logprob.tolist(), strict=True)
+    ]
+
+
+def greedy_search(
+    model: Searchable,
+    src: Tensor,
+    src_lengths: Tensor,
+    bos_id: int,
+    eos_id: int,
+    max_len_a: float = 1.5,
+    max_len_b: float = 10,
+    min_len: int = 0,
+) -> list[list[int]]:
+    """Batched greedy decoding: the argmax token at every step; token lists without bos/eos.
+
+    src: (B, S) int64 (ids + [eos], padded); src_lengths: (B,) int64 on CPU.
+    """
+    hyps = greedy_decode(model, src, src_lengths, bos_id, eos_id, max_len_a, max_len_b, min_len)
+    return [hyp.tokens for hyp in hyps]
+
+
+# ------------------------------------------------------------------------------------------ beam
+
+
+@dataclass
+class _Finished:
+    """Finished hypotheses of every sentence of the batch, K slots each (filled in order)."""
+
+    tokens: Tensor  # (B, K, Lmax) int64
+    length: Tensor  # (B, K) int64 output tokens (no eos)
+    score: Tensor  # (B, K) float32 length-penalised; -inf in empty slots
+    logprob: Tensor  # (B, K) float32
+    count: Tensor  # (B,) int64 filled slots
+
+    @classmethod
+    def empty(cls, batch: int, beam_size: int, max_len: int, device: torch.device) -> _Finished:
+        return cls(
+            tokens=torch.zeros(batch, beam_size, max_len, dtype=torch.long, device=device),
+            length=torch.zeros(batch, beam_size, dtype=torch.long, device=device),
+            score=torch.full((batch, beam_size), -math.inf, device=device),
+            logprob=torch.full((batch, beam_size), -math.inf, device=device),
+            count=torch.zeros(batch, dtype=torch.long, device=device),
+        )
+
+    def add(
+        self,
+        sent: Tensor,
+        mask: Tensor,
+        logprob: Tensor,
+        tokens: Tensor,
+        scored_len: int,
+        alpha: float,
+    ) -> None:
+        """Set aside candidates ``mask`` (A, M) of the active sentences ``sent`` (A,).
+
+        logprob: (A, M) raw log-probabilities; tokens: (A, M, n) output tokens, all of one
+        length n; ``scored_len`` tokens count for the length penalty (n + 1 with eos, n
+        without). Candidates are taken in column order while the sentence has free slots;
+        -inf candidates are ignored.
+        """
+        beam_size = self.score.size(1)
+        mask = mask & torch.isfinite(logprob)
+        rank = mask.long().cumsum(dim=1) - 1  # (A, M) position among this step's finished
+        slot = self.count[sent].unsqueeze(1) + rank  # (A, 1) + (A, M) -> (A, M)
+        ok = mask & (slot < beam_size)  # (A, M)
+        if not bool(ok.any()):
+            return
+        rows = sent.unsqueeze(1).expand_as(ok)[ok]  # (A, 1) -> (A, M) -> (N,)
+        cols = slot[ok]  # (N,)
+        n = tokens.size(2)
+        self.logprob[rows, cols] = logprob[ok]
+        self.score[rows, cols] = logprob[ok] / gnmt_penalty(scored_len, alpha)
+        self.length[rows, cols] = n
+        if n > 0:
+            self.tokens[rows, cols, :n] = tokens[ok]  # (N, n)
+        self.count[sent] += ok.sum(dim=1)
+
+
+def _tile(state: Any, batch: int, beam_size: int, device: torch.device) -> Any:
+    """Repeat each sentence's decoder state K times: B rows -> B*K rows, batch-major
+    (row b*K + k is beam k of sentence b). The memory is not repeated: attention lets the K
+    beams of a sentence share its memory row."""
+    index = torch.arange(batch, device=device).repeat_interleave(beam_size)  # (B*K,)
+    return state.index_select(index)
+
+
+def _top_candidates(cand: Tensor, beam_size: int, vocab: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Top 2K of (A, K*V) -> (scores (A, 2K), source beam (A, 2K), token (A, 2K)), best first."""
+    k = min(2 * beam_size, cand.size(1))
+    scores, flat = cand.topk(k, dim=1, largest=True, sorted=True)  # (A, 2K)
+    return scores, torch.div(flat, vocab, rounding_mode="floor"), flat % vocab
+
+
+CHUNK = 64  # vocabulary entries per chunk in ``_top_extensions``
+
+
+def _top_extensions(
+    log_probs: Tensor, alive_score: Tensor, chunk: int | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The top 2K one-token extensions: log_probs (A*K, V) (eos already blocked), alive_score
+    (A, K) -> (scores (A, 2K), source beam (A, 2K), token (A, 2K)), best first. The same as
+    ``_top_candidates`` on the (A, K*V) table of ``alive_score + log_probs``, without building it.
+
+    ``topk`` over K*V = 40,000 candidates per sentence is slow on the CPU (about 1.5 ns per
+    element, unvectorised). Exact shortcut: cut each beam's vocabulary into chunks of ``chunk``
+    (default ``CHUNK``) entries. A chunk holding one of the 2K best candidates has a maximum at
+    least as large as the 2K-th best score, and at most 2K chunks can (each holds a candidate
+    that good), so the 2K best lie in the 2K chunks with the largest maxima (vectorised
+    ``amax``); the last ``V mod chunk`` entries of each beam are always kept. Then ``topk`` runs
+    over 2K * chunk + K * (V mod chunk) candidates. Equal scores may come out in another order.
+    """
+    active, beam_size = alive_score.shape
+    vocab = log_probs.size(1)
+    width = 2 * beam_size
+    chunk = chunk or CHUNK
+    full = vocab // chunk  # chunks per beam
+    if full * beam_size < 2 * width:  # too few chunks to gain anything
+        cand = (alive_score.unsqueeze(2) + log_probs.view(active, beam_size, vocab)).view(
+            active, -1
+        )  # (A, K*V)
+        return _top_candidates(cand, beam_size, vocab)
+    device = log_probs.device
+    main = log_probs[:, : full * chunk].view(active * beam_size, full, chunk)  # (A*K, M, C)
+    chunk_max = main.amax(dim=2) + alive_score.view(-1, 1)  # (A*K, M)
+    best_chunks = chunk_max.view(active, -1).topk(width, dim=1).indices  # (A, 2K) in K*M
+    beam = torch.div(best_chunks, full, rounding_mode="floor")  # (A, 2K)
+    first = (best_chunks % full) * chunk  # (A, 2K) first token of each chunk
+    rows = torch.arange(active, device=device).unsqueeze(1) * beam_size + beam  # (A, 2K)
+    offsets = torch.arange(chunk, device=device)  # (C,)
+    tokens = first.unsqueeze(2) + offsets  # (A, 2K, C)
+    scores = log_probs[rows.unsqueeze(2), tokens] + alive_score.gather(1, beam).unsqueeze(2)
+    beams = beam.unsqueeze(2).expand(-1, -1, chunk)  # (A, 2K, C)
+    rest = vocab - full * chunk
+    if rest:  # the last entries of every beam (A, K, R)
+        tail = log_probs[:, full * chunk :].view(active, beam_size, rest) + alive_score[..., None]
+        scores = torch.cat([scores.view(active, -1), tail.view(active, -1)], dim=1)
+        tail_tokens = torch.arange(full * chunk, vocab, device=device).expand(
+            active, beam_size, rest
+        )
+        tail_beams = torch.arange(beam_size, device=device)[:, None].expand(active, beam_size, rest)
+        tokens = torch.cat([tokens.reshape(active, -1), tail_tokens.reshape(active, -1)], 1)
+        beams = torch.cat([beams.reshape(active, -1), tail_beams.reshape(active, -1)], 1)
+    top, pos = scores.reshape(active, -1).topk(width, dim=1, largest=True, sorted=True)
+    return (
+        top,
+        beams.reshape(active, -1).gather(1, pos),
+        tokens.reshape(active, -1).gather(1, pos),
+    )
+
+
+def _first_alive(is_eos: Tensor, beam_size: int) -> Tensor:
+    """Positions (A, K) of the first K non-eos candidates among (A, 2K), in rank order."""
+    width = is_eos.size(1)
+    order = torch.arange(width, device=is_eos.device)  # (2K,)
+    key = is_eos.long() * width + order  # eos candidates sort after every non-eos one
+    return key.topk(beam_size, dim=1, largest=False, sorted=True).indices  # (A, K)
+
+
+def _reorder(state: Any, beams: Tensor) -> Any:
+    """Gather the decoder state of the chosen source beams: beams (A, K) -> rows (A*K,)."""
+    active, beam_size = beams.shape
+    base = torch.arange(active, device=beams.device).unsqueeze(1) * beam_size  # (A, 1)
+    return state.index_select((base + beams).view(-1))  # (A, K) -> (A*K,)
+
+
+def _prune_rows(keep: Tensor, beam_size: int) -> Tensor:
+    """Tiled rows of kept sentences: keep (A',) sentence positions -> (A'*K,) row indices."""
+    offsets = torch.arange(beam_size, device=keep.device)  # (K,)
+    return (keep.unsqueeze(1) * beam_size + offsets).view(-1)  # (A', K) -> (A'*K,)
+
+
+def _finalize(fin: _Finished, nbest: int) -> list[list[Hypothesis]]:
+    """Sort each sentence's finished hypotheses by score and keep the n best."""
+    order = fin.score.argsort(dim=1, descending=True, stable=True)  # (B, K); empty slots last
+    score = fin.score.gather(1, order).tolist()
+    logprob = fin.logprob.gather(1, order).tolist()
+    length = fin.length.gather(1, order).tolist()
+    tokens = fin.tokens.gather(1, order.unsqueeze(2).expand_as(fin.tokens)).tolist()
+    count = fin.count.tolist()
+    results: list[list[Hypothesis]] = []
+    for b, filled in enumerate(count):
+        results.append(
+            [
+                Hypothesis(tokens[b][k][: length[b][k]], score[b][k], logprob[b][k])
+                for k in range(min(filled, nbest))
+            ]
+        )
+    return results
+
+
+def beam_search(
+    model: Searchable,
+    src: Tensor,
+    src_lengths: Tensor,
+    bos_id: int,
+    eos_id: int,
+    beam_size: int = 5,
+    length_penalty: float = 1.0,
+    max_len_a: float = 1.5,
+    max_len_b: float = 10,
+    min_len: int = 0,
+    nbest: int = 1,
+    early_stop: bool = True,
+) -> list[list[Hypothesis]]:
+    """Batched beam search; per sentence, up to ``nbest`` hypotheses sorted by score (best first).
+
+    src: (B, S) int64 on the model's device, each row ids + [eos], padded; src_lengths: (B,)
+    int64 on CPU. ``length_penalty`` is the GNMT alpha (0 = raw log-probability). See the
+    module docstring for the exact rules.
+    """
+    _check_lengths(src, src_lengths)
+    if beam_size < 1:
+        raise ValueError(f"beam_size must be >= 1, got {beam_size}")
+    if not 1 <= nbest <= beam_size:
+        raise ValueError(f"nbest must be between 1 and beam_size={beam_size}, got {nbest}")
+    batch, k = src.size(0), beam_size
+    if batch == 0:
+        return []
+    alpha = length_penalty
+    device = src.device
+    memory, state = model.encode(src, src_lengths)
+    state = _tile(state, batch, k, device)  # B -> B*K rows; the memory keeps B rows
+    limits = max_output_lengths(src_lengths, max_len_a, max_len_b).to(device)  # (B,)
+    fin = _Finished.empty(batch, k, max(int(limits.max()), 1), device)
+
+    sent = torch.arange(batch, device=device)  # (A,) batch index of each active sentence
+    alive_score = torch.full((batch, k), -math.inf, device=device)  # (A, K) raw log-probs
+    alive_score[:, 0] = 0.0  # all beams start identical: expand only the first
+    alive_tokens = torch.zeros(batch, k, 0, dtype=torch.long, device=device)  # (A, K, t)
+    prev = torch.full((batch * k,), bos_id, dtype=torch.long, device=device)  # (A*K,)
+
+    empty = limits <= 0  # no output allowed: one empty hypothesis
+    fin.add(sent, empty.unsqueeze(1), alive_score[:, :1], alive_tokens[:, :1], 0, 0.0)
+    done = empty
+    t = 0
+    while True:
+        if bool(done.any()):
+            keep = (~done).nonzero().squeeze(1)  # (A',)
+            rows = _prune_rows(keep, k)  # (A'*K,)
+            sent, alive_score, alive_tokens = sent[keep], alive_score[keep], alive_tokens[keep]
+            prev = prev[rows]
+            memory, state = memory.index_select(keep), state.index_select(rows)
+        if sent.numel() == 0:
+            break
+        log_probs, state, _ = model.step(prev, state, memory)  # (A*K, V)
+        log_probs = _block_eos(log_probs, eos_id, t, min_len).float()
+        cand_score, cand_beam, cand_token = _top_extensions(log_probs, alive_score)  # (A, 2K)
+        is_eos = cand_token == eos_id  # (A, 2K)
+
+        # eos among the top K candidates: finished; tokens = the source beam's history
+        history = alive_tokens.gather(1, cand_beam[:, :k, None].expand(-1, -1, t))  # (A, K, t)
+        fin.add(sent, is_eos[:, :k], cand_score[:, :k], history, t + 1, alpha)
+
+        # the best K non-eos candidates stay alive
+        pos = _first_alive(is_eos, k)  # (A, K)
+        beams = cand_beam.gather(1, pos)  # (A, K)
+        tokens = cand_token.gather(1, pos)  # (A, K)
+        alive_score = cand_score.gather(1, pos)  # (A, K)
+        alive_tokens = torch.cat(
+            [alive_tokens.gather(1, beams.unsqueeze(2).expand(-1, -1, t)), tokens.unsqueeze(2)],
+            dim=2,
+        )  # (A, K, t) + (A, K, 1) -> (A, K, t+1)
+        state = _reorder(state, beams)
+        prev = tokens.view(-1)  # (A, K) -> (A*K,)
+
+        # alive hypotheses at the maximum length are finished as they are
+        at_limit = t + 1 >= limits[sent]  # (A,)
+        fin.add(sent, at_limit.unsqueeze(1).expand(-1, k), alive_score, alive_tokens, t + 1, alpha)
+        done = at_limit | (fin.count[sent] >= k)
+        if early_stop:  # no alive hypothesis can reach the n-th best finished score any more
+            best_alive = alive_score.max(dim=1).values  # (A,) raw log-probs <= 0
+            longest = limits[sent].double()  # (A,) the largest scored length still possible
+            bound = torch.maximum(
+                best_alive.double() / gnmt_penalty(t + 2, alpha),
+                best_alive.double() / ((5.0 + longest) / 6.0) ** alpha,
+            )  # (A,)
+            nth_best = fin.score[sent].topk(nbest, dim=1).values[:, -1]  # (A,) -inf if fewer
+            done = done | (torch.isfinite(nth_best) & (nth_best.double() >= bound))
+        t += 1
+    return _finalize(fin, nbest)
+
+
+# -------------------------------------------------------------------------------------- ensemble
+
+
+class EnsembleMemory(NamedTuple):
+    """One memory per model of an ensemble; ``index_select`` applies to each."""
+
+    parts: tuple[Any, ...]
+
+    def index_select(self, index: Tensor) -> EnsembleMemory:
+        return EnsembleMemory(tuple(part.index_select(index) for part in self.parts))
+
+
+class EnsembleState(NamedTuple):
+    """One decoder state per model of an ensemble; ``index_select`` applies to each."""
+
+    parts: tuple[Any, ...]
+
+    def index_select(self, index: Tensor) -> EnsembleState:
+        return EnsembleState(tuple(part.index_select(index) for part in self.parts))
+
+
+class Ensemble(nn.Module):
+    """Several models sharing a target vocabulary, decoded together.
+
+    ``step`` returns the log of the mean of the models' probabilities,
+    ``logsumexp_i(log p_i) - log(n)``, and the mean of their attention weights.
+    """
+
+    def __init__(self, models: Sequence[Seq2Seq]) -> None:
+        super().__init__()
+        if len(models) == 0:
+            raise ValueError("an ensemble needs at least one model")
+        sizes = [m.tgt_vocab_size for m in models]
+        if len(set(sizes)) != 1:
+            raise ValueError(
+                f"ensemble members must share a target vocabulary, got target vocabulary sizes "
+                f"{sizes}"
+            )
+        self.models = nn.ModuleList(models)
+        first = models[0]
+        self.tgt_vocab_size: int = sizes[0]
+        self.src_vocab_size: int = first.src_vocab_size
+        self.pad_id: int = first.pad_id
+
+    def members(self) -> list[Seq2Seq]:
+        """The ensembled models, typed."""
+        return [cast(Seq2Seq, model) for model in self.models]
+
+    def encode(self, src: Tensor, src_lengths: Tensor) -> tuple[EnsembleMemory, EnsembleState]:
+        """Encode with every model: src (B, S), src_lengths (B,) -> per-model memory/state."""
+        pairs = [model.encode(src, src_lengths) for model in self.members()]
+        return (
+            EnsembleMemory(tuple(memory for memory, _ in pairs)),
+            EnsembleState(tuple(state for _, state in pairs)),
+        )
+
+    def step(
+        self, prev: Tensor, state: EnsembleState, memory: EnsembleMemory
+    ) -> tuple[Tensor, EnsembleState, Tensor]:
+        """prev (B,) -> (averaged log-probs (B, V), new states, mean attention (B, S))."""
+        log_probs: list[Tensor] = []
+        states: list[Any] = []
+        weights: list[Tensor] = []
+        for model, part_state, part_memory in zip(
+            self.members(), state.parts, memory.parts, strict=True
+        ):
+            lp, new_state, attn = model.step(prev, part_state, part_memory)
+            log_probs.append(lp.float())
+            states.append(new_state)
+            weights.append(attn)
+        stacked = torch.stack(log_probs)  # n x (B, V) -> (n, B, V)
+        mean = torch.logsumexp(stacked, dim=0) - math.log(len(log_probs))  # (B, V)
+        attention = torch.stack(weights).mean(dim=0)  # n x (B, S) -> (B, S)
+        return mean, EnsembleState(tuple(states)), attention
+
+
+# ------------------------------------------------------------------------------------ translation
+
+
+def _make_src(
+    ids: list[list[int]], pad_id: int, eos_id: int, device: torch.device | str
+) -> tuple[Tensor, Tensor]:
+    """Rows sorted by length descending -> src (B, S) ids + [eos] padded, lengths (B,) on CPU."""
+    lengths = torch.tensor([len(row) + 1 for row in ids], dtype=torch.long)  # (B,)
+    src = torch.full((len(ids), int(lengths.max())), pad_id, dtype=torch.long)  # (B, S)
+    for i, row in enumerate(ids):
+        src[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        src[i, len(row)] = eos_id
+    return src.to(device), lengths
+
+
+def translate_ids(
+    model: nn.Module,
+    src_ids: list[list[int]],
+    decode: DecodeConfig,
+    device: torch.device | str,
+    pad_id: int,
+    bos_id: int,
+    eos_id: int,
+    progress: bool = False,
+) -> list[list[Hypothesis]]:
+    """Translate already-encoded sources (ids without specials), in input order.
+
+    Sentences are grouped by length into token-budget batches (``decode.max_tokens`` source
+    tokens per batch; the sampler's evaluation mode) and decoded greedily (beam_size 1) or
+    with beam search; each result is a list of up to ``decode.nbest`` hypotheses.
+    """
+    results: list[list[Hypothesis]] = [[] for _ in src_ids]
+    if not src_ids:
+        return results
+    lengths = np.array([len(row) for row in src_ids], dtype=np.int64)
+    sampler = BucketBatchSampler(lengths, lengths, max_tokens=decode.max_tokens, shuffle=False)
+    searchable = as_searchable(model)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for indices in tqdm(
+                list(sampler), disable=not progress, desc="translate", unit="batch"
+            ):
+                order = sorted(indices, key=lambda i: -len(src_ids[i]))  # descending length
+                src, src_lengths = _make_src([src_ids[i] for i in order], pad_id, eos_id, device)
+                for i, hyps in zip(
+                    order,
+                    _search(searchable, src, src_lengths, decode, bos_id, eos_id),
+                    strict=True,
+                ):
+                    results[i] = hyps
+    finally:
+        model.train(was_training)
+    return results
+
+
+def _search(
+    model: Searchable,
+    src: Tensor,
+    src_lengths: Tensor,
+    decode: DecodeConfig,
+    bos_id: int,
+    eos_id: int,
+) -> list[list[Hypothesis]]:
+    """Greedy (beam_size 1) or beam search on one batch, as hypothesis lists."""
+    if decode.beam_size == 1:
+        hyps = greedy_decode(
+            model,
+            src,
+            src_lengths,
+            bos_id,
+            eos_id,
+            max_len_a=decode.max_len_a,
+            max_len_b=decode.max_len_b,
+            min_len=decode.min_len,
+            length_penalty=decode.length_penalty,
+        )
+        return [[hyp] for hyp in hyps]
+    return beam_search(
+        model,
+        src,
+        src_lengths,
+        bos_id,
+        eos_id,
+        beam_size=decode.beam_size,
+        length_penalty=decode.length_penalty,
+        max_len_a=decode.max_len_a,
+        max_len_b=decode.max_len_b,
+        min_len=decode.min_len,
+        nbest=decode.nbest,
+    )
+
+
+def translate_lines(
+    model: nn.Module,
+    tokenizer: Tokenizer,
+    lines: list[str],
+    decode: DecodeConfig,
+    device: torch.device | str,
+    progress: bool = False,
+) -> list[list[Hypothesis]]:
+    """Translate raw source lines; one hypothesis list per line, in input order.
+
+    An empty (whitespace-only) line is not run through the model: it gets
+    ``[Hypothesis([], 0.0, 0.0)]``.
+    """
+    results: list[list[Hypothesis]] = [[Hypothesis([], 0.0, 0.0)] for _ in lines]
+    keep = [i for i, line in enumerate(lines) if line.strip()]
+    if not keep:
+        return results
+    ids = tokenizer.encode_src([lines[i] for i in keep])
+    logger.debug("translating %d lines (%d empty)", len(keep), len(lines) - len(keep))
+    hyps = translate_ids(
+        model,
+        ids,
+        decode,
+        device,
+        pad_id=tokenizer.pad_id,
+        bos_id=tokenizer.bos_id,
+        eos_id=tokenizer.eos_id,
+        progress=progress,
+    )
+    for i, h in zip(keep, hyps, strict=True):
+        results[i] = h
+    return results

@@ -1,0 +1,186 @@
+"""SentencePiece tokenization: one joint model for both sides, or one model per side.
+
+Special ids (pad/unk/bos/eos) are set explicitly when a model is trained and read back from the
+(target) model afterwards; nothing else in the package hard-codes them. A tokenizer is built from
+serialized model protos, so a checkpoint can carry it (`to_bytes` / `from_bytes`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import sentencepiece as spm
+
+from nmt.config import TokenizerConfig
+
+logger = logging.getLogger(__name__)
+
+JOINT_MODEL = "spm.model"
+SRC_MODEL = "src.model"
+TGT_MODEL = "tgt.model"
+
+
+def resolve_threads(num_threads: int) -> int:
+    """0 (or less) means every core."""
+    return num_threads if num_threads > 0 else (os.cpu_count() or 1)
+
+
+def split_lines(text: str) -> list[str]:
+    """Split text on '\\n' only, like `wc -l` (not str.splitlines, which also splits on
+    U+2028, form feeds, ...). A leading BOM, a trailing '\\r' per line and the empty string
+    after a final newline are dropped."""
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
+def _iter_files(files: list[Path]) -> Iterator[str]:
+    for path in files:
+        yield from split_lines(path.read_bytes().decode("utf-8"))
+
+
+def _train_model(cfg: TokenizerConfig, files: list[Path], num_threads: int) -> bytes:
+    """Train one SentencePiece model on the lines of `files` and return its serialized proto."""
+    spm.set_random_generator_seed(cfg.seed)  # sentence sampling / shuffling
+    writer = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=_iter_files(files),
+        model_writer=writer,
+        vocab_size=cfg.vocab_size,
+        model_type=cfg.model_type,
+        character_coverage=cfg.character_coverage,
+        input_sentence_size=cfg.input_sentence_size,
+        shuffle_input_sentence=True,
+        pad_id=cfg.pad_id,
+        unk_id=cfg.unk_id,
+        bos_id=cfg.bos_id,
+        eos_id=cfg.eos_id,
+        num_threads=resolve_threads(num_threads),
+        minloglevel=1,
+    )
+    return writer.getvalue()
+
+
+class Tokenizer:
+    """One joint SentencePiece model, or one per side.
+
+    Encoding returns subword ids without bos/eos; `decode_tgt` drops pad/bos/eos ids.
+    """
+
+    joint: bool
+    pad_id: int
+    unk_id: int
+    bos_id: int
+    eos_id: int
+    src_vocab_size: int
+    tgt_vocab_size: int
+
+    def __init__(self, src_proto: bytes, tgt_proto: bytes, joint: bool) -> None:
+        self.joint = joint
+        self._src_proto = src_proto
+        self._tgt_proto = tgt_proto
+        self._src = spm.SentencePieceProcessor(model_proto=src_proto)
+        self._tgt = self._src if joint else spm.SentencePieceProcessor(model_proto=tgt_proto)
+        self.pad_id = self._tgt.pad_id()
+        self.unk_id = self._tgt.unk_id()
+        self.bos_id = self._tgt.bos_id()
+        self.eos_id = self._tgt.eos_id()
+        src_special = (
+            self._src.pad_id(),
+            self._src.unk_id(),
+            self._src.bos_id(),
+            self._src.eos_id(),
+        )
+        if src_special != (self.pad_id, self.unk_id, self.bos_id, self.eos_id):
+            raise ValueError(
+                f"source and target models disagree on special ids: {src_special} vs "
+                f"{(self.pad_id, self.unk_id, self.bos_id, self.eos_id)}"
+            )
+        self.src_vocab_size = self._src.vocab_size()
+        self.tgt_vocab_size = self._tgt.vocab_size()
+        self._specials = {self.pad_id, self.bos_id, self.eos_id}
+
+    @classmethod
+    def train(
+        cls,
+        cfg: TokenizerConfig,
+        src_files: list[Path],
+        tgt_files: list[Path],
+        out_dir: Path,
+        num_threads: int = 0,
+    ) -> Tokenizer:
+        """Train on the given text files and write the model(s) into `out_dir`.
+
+        Joint: one model on both sides' lines -> out_dir/spm.model. Separate: out_dir/src.model
+        on `src_files` and out_dir/tgt.model on `tgt_files`.
+        """
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if cfg.joint:
+            proto = _train_model(cfg, list(src_files) + list(tgt_files), num_threads)
+            (out_dir / JOINT_MODEL).write_bytes(proto)
+            return cls(proto, proto, joint=True)
+        src_proto = _train_model(cfg, list(src_files), num_threads)
+        tgt_proto = _train_model(cfg, list(tgt_files), num_threads)
+        (out_dir / SRC_MODEL).write_bytes(src_proto)
+        (out_dir / TGT_MODEL).write_bytes(tgt_proto)
+        return cls(src_proto, tgt_proto, joint=False)
+
+    @classmethod
+    def load(cls, out_dir: Path) -> Tokenizer:
+        """Read out_dir/spm.model, or out_dir/src.model and out_dir/tgt.model."""
+        joint_path = out_dir / JOINT_MODEL
+        if joint_path.exists():
+            proto = joint_path.read_bytes()
+            return cls(proto, proto, joint=True)
+        return cls(
+            (out_dir / SRC_MODEL).read_bytes(), (out_dir / TGT_MODEL).read_bytes(), joint=False
+        )
+
+    def encode_src(self, lines: list[str], num_threads: int = 0) -> list[list[int]]:
+        """Source lines -> subword ids (no bos/eos), with SentencePiece's threaded batch API."""
+        ids: list[list[int]] = self._src.encode(lines, num_threads=resolve_threads(num_threads))
+        return ids
+
+    def encode_tgt(self, lines: list[str], num_threads: int = 0) -> list[list[int]]:
+        """Target lines -> subword ids (no bos/eos)."""
+        ids: list[list[int]] = self._tgt.encode(lines, num_threads=resolve_threads(num_threads))
+        return ids
+
+    def decode_tgt(self, ids: list[list[int]]) -> list[str]:
+        """Target ids -> detokenized text; pad/bos/eos ids are dropped first."""
+        cleaned = [[i for i in seq if i not in self._specials] for seq in ids]
+        text: list[str] = self._tgt.decode(cleaned)
+        return text
+
+    def src_pieces(self, line: str) -> list[str]:
+        """Source subword pieces of one line (for inspection, e.g. attention heatmap labels)."""
+        pieces: list[str] = self._src.encode(line, out_type=str)
+        return pieces
+
+    def tgt_pieces(self, ids: list[int]) -> list[str]:
+        """Target pieces of a list of ids (for inspection)."""
+        return [self._tgt.id_to_piece(i) for i in ids]
+
+    def to_bytes(self) -> dict:
+        """{"joint": bool, "src": bytes, "tgt": bytes}: serialized model protos, for checkpoints."""
+        return {"joint": self.joint, "src": self._src_proto, "tgt": self._tgt_proto}
+
+    @classmethod
+    def from_bytes(cls, d: dict) -> Tokenizer:
+        return cls(bytes(d["src"]), bytes(d["tgt"]), joint=bool(d["joint"]))
+
+    def fingerprint(self) -> str:
+        """sha256 of the model bytes: equal fingerprints mean identical vocabularies."""
+        h = hashlib.sha256()
+        h.update(b"joint" if self.joint else b"separate")
+        h.update(self._src_proto)
+        h.update(self._tgt_proto)
+        return h.hexdigest()
