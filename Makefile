@@ -13,7 +13,7 @@ ARGS ?=
 RUN ?= runs/default
 EXPERIMENT ?= default
 
-.PHONY: help install train test test-all lint eval bench prepare clean
+.PHONY: help install train test test-all lint eval bench prepare clean wheels gpu-check
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -47,6 +47,17 @@ eval: $(STAMP) ## score the default run's best checkpoint on the lo.de-en test s
 
 bench: $(STAMP) ## training/decoding benchmark (ARGS="--corpus ../shared/corpora/lo.de-en ...")
 	$(PY) scripts/benchmark.py $(ARGS)
+
+# The GPU check's dependencies, torch excluded, as wheels for a machine without a package
+# index; built for WHEEL_PYTHON's version and platform (run it again with the GPU machine's).
+WHEEL_PYTHON ?= $(PY)
+GPU_OUT ?= gpu_check_report
+
+wheels: $(STAMP) ## fill .whl/ with the GPU check's dependencies, no torch (WHEEL_PYTHON=python3.X)
+	$(WHEEL_PYTHON) -m pip wheel -q -w .whl numpy sentencepiece sacrebleu hydra-core tqdm pytest
+
+gpu-check: ## the GPU check (scripts/gpu_check.sh; GPU_OUT=dir, ARGS="--dry-run" for the CPU smoke)
+	bash scripts/gpu_check.sh $(GPU_OUT) $(ARGS)
 
 clean: ## remove caches and outputs (keeps .venv)
 	rm -rf data/cache outputs multirun .pytest_cache .mypy_cache .ruff_cache

@@ -189,6 +189,8 @@ class TrainerConfig:
     patience: int = 0  # validations without improvement; 0 disables early stopping
     max_bad_steps: int = 5  # consecutive non-finite losses before giving up
     precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16 on CUDA only)
+    # TF32 in float32 matmuls and cuDNN (the LSTM) on Ampere+ GPUs; off: fp32 means float32
+    tf32: bool = False
     seed: int = 1
     progress: bool = True
     num_threads: int = 0  # torch intra-op threads; 0 = leave torch's default

@@ -41,7 +41,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from nmt.attention import Attention, Memory
 from nmt.dropout import Dropout, dropout
-from nmt.lstm import SharedWeight, lstm_cell, packed_lstm
+from nmt.lstm import SharedWeight, lstm_cell, packed_lstm, torch_lstm
 
 BRIDGE_MODES = ("learned", "copy", "zero")
 
@@ -202,7 +202,7 @@ class Decoder(nn.Module):
             if ours:
                 out = self._packed_rnn(emb, tgt_in, state)  # (B, T, Hd), 0 after each row's end
             else:
-                out, _ = self.rnn(emb, (state.h, state.c))  # (B, T, Hd)
+                out, _ = torch_lstm(self.rnn, emb, (state.h, state.c))  # (B, T, Hd) fp32
             context, weights = self.attention(out, memory)  # (B, T, Dv), (B, T, S)
             att = torch.tanh(self.combine(torch.cat([out, context], dim=-1)))  # (B, T, Hd)
             return self.dropout(att), weights
@@ -347,7 +347,7 @@ class Decoder(nn.Module):
             top, h, c = self._rnn_step(x, state.h, state.c)  # (B, Hd); (Ld, B, Hd)
             out = top[:, None, :]  # (B, 1, Hd)
         else:
-            out, (h, c) = self.rnn(x[:, None, :], (state.h, state.c))  # (B, 1, Hd); (Ld, B, Hd)
+            out, (h, c) = torch_lstm(self.rnn, x[:, None, :], (state.h, state.c))  # (B, 1, Hd)
         if context is None:
             context, weights = self.attention(out, memory)  # (B, 1, Dv), (B, 1, S)
         att = torch.tanh(self.combine(torch.cat([out, context], dim=-1)))[:, 0]  # (B, Hd)

@@ -8,6 +8,7 @@ Either way it exits with an error, and torchrun then stops the remaining workers
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +28,9 @@ class DistContext:
     local_rank: int = 0
     world_size: int = 1
     device: torch.device = torch.device("cpu")
+    # under NCCL, a gloo group for the small control collectives (token counts, stop
+    # decisions): CPU tensors, so they never wait for the GPU; None = the default group
+    cpu_group: Any = None
 
 
 def init(device: str, timeout_s: int) -> DistContext:
@@ -47,11 +51,29 @@ def init(device: str, timeout_s: int) -> DistContext:
         dev = torch.device("cuda", local_rank)
     else:
         dev = torch.device("cpu")
+    global _cpu_group
     if not dist.is_initialized():
-        dist.init_process_group(
-            backend="nccl" if use_cuda else "gloo", timeout=timedelta(seconds=timeout_s)
-        )
-    return DistContext(rank=rank, local_rank=local_rank, world_size=world_size, device=dev)
+        timeout = timedelta(seconds=timeout_s)
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=timeout)
+        _cpu_group = dist.new_group(backend="gloo", timeout=timeout) if use_cuda else None
+    return DistContext(
+        rank=rank, local_rank=local_rank, world_size=world_size, device=dev, cpu_group=_cpu_group
+    )
+
+
+_cpu_group: Any = None
+
+
+def no_buffer_sync() -> dict[str, Any]:
+    """DistributedDataParallel's keyword for not broadcasting buffers before every forward
+    (``forward_sync_buffers`` where it exists, ``broadcast_buffers`` before); nmt's only
+    buffer, ``Bridge.layer_index``, is a constant."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    params = inspect.signature(DistributedDataParallel.__init__).parameters
+    if "forward_sync_buffers" in params:
+        return {"forward_sync_buffers": False}
+    return {"broadcast_buffers": False}
 
 
 def cleanup(ctx: DistContext) -> None:
@@ -70,9 +92,21 @@ def main_first(ctx: DistContext) -> Iterator[None]:
 
 
 def _reduce(ctx: DistContext, value: float, op: dist.ReduceOp.RedOpType) -> float:
-    t = torch.tensor([value], dtype=torch.float64, device=ctx.device)
-    dist.all_reduce(t, op=op)
+    if ctx.cpu_group is not None:  # gloo on the CPU: no device round trip
+        t = torch.tensor([value], dtype=torch.float64)
+        dist.all_reduce(t, op=op, group=ctx.cpu_group)
+    else:
+        t = torch.tensor([value], dtype=torch.float64, device=ctx.device)
+        dist.all_reduce(t, op=op)
     return float(t.item())
+
+
+def max_tensor(ctx: DistContext, t: torch.Tensor) -> torch.Tensor:
+    """Elementwise maximum of ``t`` (on ``ctx.device``) over all ranks, in place and without
+    reading it (no host sync); ``t`` itself for a single process."""
+    if ctx.world_size > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t
 
 
 def sum_int(ctx: DistContext, value: int) -> int:
@@ -118,6 +152,10 @@ def broadcast_float(ctx: DistContext, value: float) -> float:
     """Rank 0's ``value`` on every rank (also a barrier)."""
     if ctx.world_size <= 1:
         return value
-    t = torch.tensor([value], dtype=torch.float64, device=ctx.device)
-    dist.broadcast(t, src=0)
+    if ctx.cpu_group is not None:
+        t = torch.tensor([value], dtype=torch.float64)
+        dist.broadcast(t, src=0, group=ctx.cpu_group)
+    else:
+        t = torch.tensor([value], dtype=torch.float64, device=ctx.device)
+        dist.broadcast(t, src=0)
     return float(t.item())

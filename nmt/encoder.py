@@ -19,8 +19,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from nmt.device import async_to
 from nmt.dropout import Dropout
-from nmt.lstm import packed_lstm
+from nmt.lstm import packed_lstm, torch_lstm
 
 RNN_IMPLS = ("auto", "torch", "nmt")
 
@@ -37,10 +38,11 @@ class EncoderOutput(NamedTuple):
 def lengths_to_mask(lengths: Tensor, max_len: int, device: torch.device) -> Tensor:
     """(B,) lengths -> (B, S=max_len) bool mask, True at positions < length.
 
-    ``lengths`` may live on the CPU; the copy to ``device`` is asynchronous (no host sync).
+    ``lengths`` may live on the CPU; the copy to ``device`` is asynchronous (pinned on CUDA:
+    a copy from pageable memory would wait for the stream).
     """
     positions = torch.arange(max_len, device=device)  # (S,)
-    return positions[None, :] < lengths.to(device, non_blocking=True)[:, None]  # (B, S)
+    return positions[None, :] < async_to(lengths, device)[:, None]  # (B, S)
 
 
 class Encoder(nn.Module):
@@ -101,7 +103,7 @@ class Encoder(nn.Module):
         if self.rnn_impl == "nmt" or (self.rnn_impl == "auto" and src.device.type == "cpu"):
             packed_out, (h, c) = self._packed_lstm(packed, src_lengths)
         else:
-            packed_out, (h, c) = self.rnn(packed)  # h, c: (L*D, B, H), back in batch order
+            packed_out, (h, c) = torch_lstm(self.rnn, packed)  # (L*D, B, H) in batch order
         outputs, _ = pad_packed_sequence(
             packed_out, batch_first=True, padding_value=0.0, total_length=max_len
         )  # (B, S, D*H)

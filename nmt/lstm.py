@@ -1,4 +1,4 @@
-"""A packed multi-layer (bi-)LSTM for the CPU: whole-sequence matmuls, one loop for both directions.
+"""A packed multi-layer (bi-)LSTM, made for the CPU: whole-sequence matmuls, one loop for both directions.
 
 Shapes: N real tokens in the batch (the packed rows), B batch, T longest length, In layer input
 size, H hidden size per direction, D directions, L layers.
@@ -29,6 +29,11 @@ the module's initialisation are shared with the torch implementation (gate order
 The recurrence runs in float32 (under autocast the input projection may
 be bf16; its result is converted).
 
+On CUDA (``rnn_impl=nmt``; ``auto`` picks cuDNN there) the same code runs on CUDA tensors: one
+kernel launch per operation and step, so slower than cuDNN, but its dropout between layers
+draws from PyTorch's CUDA generator, which checkpoints save (exact resume), and
+``tests/test_cuda.py`` checks it against a float64 CPU reference and against cuDNN.
+
 The second half serves loops that must step under autograd (the input-feeding decoder):
 ``lstm_cell``, the cell arithmetic as one autograd node, and ``SharedWeight``, a weight used at
 every step whose gradient is computed once per batch as one matmul.
@@ -41,7 +46,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
 
+from nmt.device import async_to
 from nmt.dropout import dropout
 
 
@@ -194,8 +201,8 @@ def packed_lstm(
     """
     hidden = lstm.hidden_size
     dirs = 2 if lstm.bidirectional else 1
-    reverse = _reverse_index(batch_sizes, lengths).to(data.device) if dirs == 2 else None
-    last = _last_index(batch_sizes, lengths).to(data.device)
+    reverse = async_to(_reverse_index(batch_sizes, lengths), data.device) if dirs == 2 else None
+    last = async_to(_last_index(batch_sizes, lengths), data.device)
     suffixes = ["", "_reverse"][:dirs]
     if state is None:
         zeros = data.new_zeros(lstm.num_layers * dirs, batch_sizes[0], hidden, dtype=torch.float32)
@@ -341,3 +348,44 @@ class SharedWeight:
             return x @ self.weight.t()
         out: Tensor = _UseShared.apply(x, self.weight, self.uses)
         return out
+
+
+# ---------------------------------------------------------------------------------------------
+# nn.LSTM (cuDNN on CUDA) at an explicit precision
+
+
+def _autocast_on(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4: no device argument
+        if device_type == "cpu":
+            return torch.is_autocast_cpu_enabled()
+        return torch.is_autocast_enabled()
+
+
+def torch_lstm(
+    lstm: nn.LSTM, x: Tensor | PackedSequence, state: tuple[Tensor, Tensor] | None = None
+) -> tuple[Any, tuple[Tensor, Tensor]]:
+    """``lstm(x, state)`` with the recurrence in the LSTM's own dtype (float32), autocast or not.
+
+    Under autocast PyTorch's cuDNN LSTM wrapper casts input, states and weights to float16
+    whatever the autocast dtype, so ``trainer.precision=bf16`` would run the recurrences in
+    fp16 without a loss scaler (and CPU autocast leaves a bf16 input next to fp32 weights).
+    Here, under autocast, autocast is off for the call and the inputs are cast to the
+    weights' dtype, as ``packed_lstm`` does: the recurrences of both implementations run in
+    float32 at every ``trainer.precision``; the projections, attention and output layer
+    around them follow autocast. Without autocast this is ``lstm(x, state)``. x: (B, T, In)
+    or a PackedSequence; returns what ``nn.LSTM`` returns.
+    """
+    device_type = x.data.device.type
+    if not _autocast_on(device_type):
+        return lstm(x, state)  # type: ignore[no-any-return]
+    dtype: torch.dtype = lstm.get_parameter("weight_hh_l0").dtype
+    if isinstance(x, PackedSequence):
+        x = PackedSequence(x.data.to(dtype), x.batch_sizes, x.sorted_indices, x.unsorted_indices)
+    else:
+        x = x.to(dtype)
+    if state is not None:
+        state = (state[0].to(dtype), state[1].to(dtype))
+    with torch.autocast(device_type, enabled=False):
+        return lstm(x, state)  # type: ignore[no-any-return]

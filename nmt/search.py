@@ -144,8 +144,9 @@ def greedy_decode(
         return []
     memory, state = model.encode(src, src_lengths)
     device = src.device
-    limits = max_output_lengths(src_lengths, max_len_a, max_len_b).to(device)  # (B,)
-    out = torch.zeros(batch, max(int(limits.max()), 1), dtype=torch.long, device=device)
+    cpu_limits = max_output_lengths(src_lengths, max_len_a, max_len_b)  # (B,) on the CPU
+    limits = cpu_limits.to(device)  # (B,)
+    out = torch.zeros(batch, max(int(cpu_limits.max()), 1), dtype=torch.long, device=device)
     out_len = torch.zeros(batch, dtype=torch.long, device=device)  # (B,) output tokens
     out_scored = torch.zeros(batch, dtype=torch.long, device=device)  # (B,) + eos if ended so
     out_logprob = torch.zeros(batch, dtype=torch.float32, device=device)  # (B,)
@@ -169,14 +170,14 @@ def greedy_decode(
         log_probs = _block_eos(log_probs, eos_id, t, min_len)
         best, prev = log_probs.max(dim=1)  # (A,), (A,)
         cum = cum + best.float()
-        live = sent[alive]
-        out[live, t] = prev[alive]
+        # written for every row with torch.where (a boolean index would need a host sync);
+        # rows that are not alive keep what they hold
+        out[sent, t] = torch.where(alive, prev, out[sent, t])
         is_eos = prev == eos_id  # (A,)
         done = alive & (is_eos | (t + 1 >= limits[sent]))  # (A,) finishing at this step
-        finished = sent[done]
-        out_len[finished] = torch.where(is_eos[done], t, t + 1)
-        out_scored[finished] = t + 1
-        out_logprob[finished] = cum[done]
+        out_len[sent] = torch.where(done, torch.where(is_eos, t, t + 1), out_len[sent])
+        out_scored[sent] = torch.where(done, t + 1, out_scored[sent])
+        out_logprob[sent] = torch.where(done, cum, out_logprob[sent])
         alive = alive & ~done
         t += 1
     rows, lens, scored = out.tolist(), out_len.tolist(), out_scored.tolist()
@@ -209,21 +210,27 @@ def greedy_search(
 
 @dataclass
 class _Finished:
-    """Finished hypotheses of every sentence of the batch, K slots each (filled in order)."""
+    """Finished hypotheses of every sentence of the batch, K slots each (filled in order).
 
-    tokens: Tensor  # (B, K, Lmax) int64
-    length: Tensor  # (B, K) int64 output tokens (no eos)
-    score: Tensor  # (B, K) float32 length-penalised; -inf in empty slots
-    logprob: Tensor  # (B, K) float32
+    Every tensor has one more slot, K, a bin that ``add`` writes the candidates it does not
+    keep to (so it needs no boolean indexing, which would wait for the device); its scores
+    are reset to -inf after each ``add``, so it is never among the filled or the best slots.
+    """
+
+    tokens: Tensor  # (B, K+1, Lmax) int64
+    length: Tensor  # (B, K+1) int64 output tokens (no eos)
+    score: Tensor  # (B, K+1) float32 length-penalised; -inf in empty slots
+    logprob: Tensor  # (B, K+1) float32
     count: Tensor  # (B,) int64 filled slots
 
     @classmethod
     def empty(cls, batch: int, beam_size: int, max_len: int, device: torch.device) -> _Finished:
+        slots = beam_size + 1
         return cls(
-            tokens=torch.zeros(batch, beam_size, max_len, dtype=torch.long, device=device),
-            length=torch.zeros(batch, beam_size, dtype=torch.long, device=device),
-            score=torch.full((batch, beam_size), -math.inf, device=device),
-            logprob=torch.full((batch, beam_size), -math.inf, device=device),
+            tokens=torch.zeros(batch, slots, max_len, dtype=torch.long, device=device),
+            length=torch.zeros(batch, slots, dtype=torch.long, device=device),
+            score=torch.full((batch, slots), -math.inf, device=device),
+            logprob=torch.full((batch, slots), -math.inf, device=device),
             count=torch.zeros(batch, dtype=torch.long, device=device),
         )
 
@@ -243,22 +250,22 @@ class _Finished:
         without). Candidates are taken in column order while the sentence has free slots;
         -inf candidates are ignored.
         """
-        beam_size = self.score.size(1)
+        beam_size = self.score.size(1) - 1  # slot K is the bin
         mask = mask & torch.isfinite(logprob)
         rank = mask.long().cumsum(dim=1) - 1  # (A, M) position among this step's finished
         slot = self.count[sent].unsqueeze(1) + rank  # (A, 1) + (A, M) -> (A, M)
         ok = mask & (slot < beam_size)  # (A, M)
-        if not bool(ok.any()):
-            return
-        rows = sent.unsqueeze(1).expand_as(ok)[ok]  # (A, 1) -> (A, M) -> (N,)
-        cols = slot[ok]  # (N,)
+        rows = sent.unsqueeze(1).expand_as(ok)  # (A, 1) -> (A, M)
+        cols = torch.where(ok, slot, beam_size)  # (A, M) the rest goes to the bin
         n = tokens.size(2)
-        self.logprob[rows, cols] = logprob[ok]
-        self.score[rows, cols] = logprob[ok] / gnmt_penalty(scored_len, alpha)
+        self.logprob[rows, cols] = logprob
+        self.score[rows, cols] = logprob / gnmt_penalty(scored_len, alpha)
         self.length[rows, cols] = n
         if n > 0:
-            self.tokens[rows, cols, :n] = tokens[ok]  # (N, n)
+            self.tokens[rows, cols, :n] = tokens  # (A, M, n)
         self.count[sent] += ok.sum(dim=1)
+        self.score[:, beam_size] = -math.inf
+        self.logprob[:, beam_size] = -math.inf
 
 
 def _tile(state: Any, batch: int, beam_size: int, device: torch.device) -> Any:
@@ -405,8 +412,9 @@ def beam_search(
     device = src.device
     memory, state = model.encode(src, src_lengths)
     state = _tile(state, batch, k, device)  # B -> B*K rows; the memory keeps B rows
-    limits = max_output_lengths(src_lengths, max_len_a, max_len_b).to(device)  # (B,)
-    fin = _Finished.empty(batch, k, max(int(limits.max()), 1), device)
+    cpu_limits = max_output_lengths(src_lengths, max_len_a, max_len_b)  # (B,) on the CPU
+    limits = cpu_limits.to(device)  # (B,)
+    fin = _Finished.empty(batch, k, max(int(cpu_limits.max()), 1), device)
 
     sent = torch.arange(batch, device=device)  # (A,) batch index of each active sentence
     alive_score = torch.full((batch, k), -math.inf, device=device)  # (A, K) raw log-probs

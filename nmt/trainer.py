@@ -41,6 +41,14 @@ from nmt.checkpoint import (
 )
 from nmt.config import TrainConfig, TrainerConfig
 from nmt.data import Batch, ParallelDataset, Prepared, collate, prepare
+from nmt.device import (
+    cuda_rng_state,
+    fp16_step_skipped,
+    real_rows,
+    set_cuda_rng_state,
+    set_tf32,
+    to_device,
+)
 from nmt.faults import fault_point
 from nmt.loss import smoothed_loss_and_nll
 from nmt.metrics import check_settings, score
@@ -97,23 +105,27 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def rng_state() -> dict[str, Any]:
+def rng_state(device: torch.device | None = None) -> dict[str, Any]:
+    """Python, NumPy and torch CPU generators, plus the generator of ``device`` when it is a
+    CUDA device (only that one: other GPUs are not in use, and a CPU run never touches CUDA)."""
     state: dict[str, Any] = {
         "python": random.getstate(),
         "numpy": _numpy_state_to_plain(np.random.get_state()),
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device is not None and (cuda := cuda_rng_state(device)) is not None:
+        state["cuda"] = cuda
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> None:
+    """Restore ``rng_state``'s output; the CUDA state goes to ``device`` if it is a CUDA device
+    (also from the older all-GPUs format; a missing entry is a warning, not an error)."""
     random.setstate(_as_tuple(state["python"]))
     np.random.set_state(_numpy_state_from_plain(state["numpy"]))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if device is not None:
+        set_cuda_rng_state(state.get("cuda"), device)
 
 
 def _numpy_state_to_plain(state: Any) -> list[Any]:
@@ -169,12 +181,16 @@ class Criterion(nn.Module):
         src_lengths: torch.Tensor,
         tgt_in: torch.Tensor,
         tgt_out: torch.Tensor,
+        real: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``real``: flat indices (N,) of the cells ``tgt_out != pad`` (``device.real_rows``,
+        no host sync on CUDA); computed from ``tgt_out`` when not given."""
         states = self.model(src, src_lengths, tgt_in)  # (B, T, H)
-        real = tgt_out != self.model.pad_id  # (B, T)
-        logits = self.model.logits(states[real])  # (N, H) -> (N, V)
-        target = tgt_out[real]  # (N,)
-        return smoothed_loss_and_nll(logits, target, self.smoothing)
+        if real is None:
+            real = (tgt_out.reshape(-1) != self.model.pad_id).nonzero().squeeze(1)  # (N,)
+        logits = self.model.logits(states.reshape(-1, states.size(-1)).index_select(0, real))
+        target = tgt_out.reshape(-1).index_select(0, real)  # (N,)
+        return smoothed_loss_and_nll(logits, target, self.smoothing)  # logits (N, V)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,15 +212,18 @@ def dev_loss(
     sampler = BucketBatchSampler(
         dataset.src_lengths, dataset.tgt_lengths, max_tokens=max_tokens, shuffle=False
     )
-    total, count = 0.0, 0
+    total = torch.zeros((), dtype=torch.float64, device=device)  # read once, at the end
+    count = 0
     model.eval()
     with torch.inference_mode(), autocast(device, precision):
         for idx in sampler:
-            b = collate([(i, *dataset[i]) for i in idx], pad_id, bos_id, eos_id).to(device)
-            loss, _ = criterion(b.src, b.src_lengths, b.tgt_in, b.tgt_out)
-            total += float(loss)
+            cpu = collate([(i, *dataset[i]) for i in idx], pad_id, bos_id, eos_id)
+            b = to_device(cpu, device)
+            real = real_rows(cpu.tgt_out, pad_id, device)
+            loss, _ = criterion(b.src, b.src_lengths, b.tgt_in, b.tgt_out, real)
+            total += loss.double()
             count += b.n_tgt_tokens
-    return total / max(count, 1)
+    return float(total) / max(count, 1)
 
 
 def validate(
@@ -423,7 +442,7 @@ class Run:
     def save_last(self) -> Path:
         """Write ``last.pt`` (every rank must call: the RNG states are gathered)."""
         path = self.out_dir / "last.pt"
-        rank_rngs = dist_utils.gather_objects(self.ctx, rng_state())
+        rank_rngs = dist_utils.gather_objects(self.ctx, rng_state(self.device))
         if self.is_main:
             payload = model_payload(self.model, self.cfg.model, self.prepared.tokenizer)
             payload["trainer"] = trainer_payload(
@@ -472,6 +491,14 @@ def setup(cfg: TrainConfig, out_dir: Path) -> Run:
     if tcfg.num_threads > 0:
         torch.set_num_threads(tcfg.num_threads)
     tune_malloc()
+    tf32 = set_tf32(tcfg.tf32)
+    if ctx.rank == 0 and device.type == "cuda":
+        log.info(
+            "precision %s; TF32 matmul=%s cudnn=%s (trainer.tf32)",
+            tcfg.precision,
+            tf32["matmul"],
+            tf32["cudnn"],
+        )
     if tcfg.precision == "fp16" and device.type != "cuda":
         raise TrainingError("trainer.precision=fp16 needs CUDA; use bf16 on the CPU")
     if ctx.rank == 0 and out_dir.is_dir():
@@ -497,9 +524,12 @@ def setup(cfg: TrainConfig, out_dir: Path) -> Run:
     model = build_model(cfg.model, tok.src_vocab_size, tok.tgt_vocab_size, tok.pad_id).to(device)
     criterion: nn.Module = Criterion(model, ocfg.label_smoothing)
     if ctx.world_size > 1:
+        # device_ids=None: the module lives on one device and DDP must not copy the inputs
+        # (the lengths stay on the CPU); the only buffer (Bridge.layer_index) is constant
         criterion = DistributedDataParallel(
-            criterion, device_ids=[device.index] if device.type == "cuda" else None
+            criterion, device_ids=None, **dist_utils.no_buffer_sync()
         )
+
         # DDP copied rank 0's parameters to every rank; from here on each rank draws its own
         # dropout masks (the same seed everywhere would repeat them across ranks)
         seed_everything(tcfg.seed + ctx.rank)
@@ -841,50 +871,55 @@ def train_update(
     # DDP averages gradients over ranks; scale so the result is sum(loss) / total_tokens
     scale = ctx.world_size / max(total_tokens, 1)
     optimizer.zero_grad(set_to_none=True)
-    loss_sum = nll_sum = 0.0
+    # losses stay on the device (float64 sums: the same numbers as adding Python floats);
+    # together with the grad norm and the finite flag they are read once per update
+    loss_sum = nll_sum = torch.zeros((), dtype=torch.float64, device=device)
     cells = real = 0
     for i, batch in enumerate(group):
-        b = batch.to(device)
+        b = to_device(batch, device)
+        rows = real_rows(batch.tgt_out, model.pad_id, device)
         sync = i == len(group) - 1
         no_sync = getattr(criterion, "no_sync", None)
         with no_sync() if (no_sync is not None and not sync) else nullcontext():
             with autocast(device, precision):
-                loss, nll = criterion(b.src, b.src_lengths, b.tgt_in, b.tgt_out)
+                loss, nll = criterion(b.src, b.src_lengths, b.tgt_in, b.tgt_out, rows)
             scaled = loss * scale
             if scaler is not None:
                 scaler.scale(scaled).backward()
             else:
                 scaled.backward()
-        loss_sum += float(loss.detach())
-        nll_sum += float(nll)
+        loss_sum = loss_sum + loss.detach().double()
+        nll_sum = nll_sum + nll.detach().double()
         cells += b.src.numel() + b.tgt_out.numel()
         real += int(batch.src_lengths.sum()) + b.n_tgt_tokens
     if scaler is not None:
         scaler.unscale_(optimizer)
     if clip_norm > 0:
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm))
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
     else:
-        grad_norm = float(
-            torch.linalg.vector_norm(
-                torch.stack([p.grad.norm() for p in model.parameters() if p.grad is not None])
-            )
+        norm = torch.linalg.vector_norm(
+            torch.stack([p.grad.norm() for p in model.parameters() if p.grad is not None])
         )
-    finite = math.isfinite(grad_norm) and math.isfinite(loss_sum)
-    finite = not dist_utils.any_rank(ctx, not finite)  # skip (or not) on every rank alike
-    if (
-        scaler is not None
-    ):  # fp16: overflow is routine; the scaler skips that step, lowers its scale
+    values = torch.stack([loss_sum, nll_sum, norm.detach().double()])
+    bad = (~torch.isfinite(values)).any().double().reshape(1)
+    bad = dist_utils.max_tensor(ctx, bad)  # skip (or not) on every rank alike
+    loss_f, nll_f, grad_norm, bad_f = torch.cat([values, bad]).tolist()  # the one read
+    finite = bad_f == 0.0
+    if scaler is not None:
+        # fp16: the scaler skips a step with inf/NaN gradients and lowers its scale; such an
+        # update did not happen (it neither advances the schedule nor counts as an update)
+        before = scaler.get_scale()
         scaler.step(optimizer)
         scaler.update()
-        finite = True
+        finite = not fp16_step_skipped(before, scaler.get_scale())
     elif finite:
         optimizer.step()
     else:
         optimizer.zero_grad(set_to_none=True)
     return {
         "finite": finite,
-        "loss": loss_sum,
-        "nll": nll_sum,
+        "loss": loss_f,
+        "nll": nll_f,
         "tokens": local_tokens,
         "grad_norm": grad_norm,
         "cells": cells,
@@ -1044,7 +1079,8 @@ def resume(
     state = TrainState(**t["state"])
     if t["world_size"] == world_size:
         sampler.load_state_dict(t["sampler"])
-        set_rng_state(t.get("rank_rngs", [t["rng"]])[rank])
+        device = next(model.parameters()).device
+        set_rng_state(t.get("rank_rngs", [t["rng"]])[rank], device)
         if sampler.epoch == state.epoch + 1 and sampler.position == 0:
             # written by an older nmt after an epoch's last, smaller accumulation group: the
             # sampler had already stepped into the next epoch, the counter had not

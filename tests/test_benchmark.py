@@ -103,6 +103,8 @@ def test_quick_run(tmp_path: Path) -> None:
         "en",
         "--threads",
         "1",
+        "--device",  # the CPU figures and labels below, also on a CUDA host
+        "cpu",
         "--decode-sentences",
         "10",
         "--out-json",
@@ -117,6 +119,7 @@ def test_quick_run(tmp_path: Path) -> None:
 
     assert report["command"].startswith("python scripts/benchmark.py --quick")
     assert report["machine"]["threads"] == 1 and report["machine"]["torch"]
+    assert report["machine"]["device"] == "cpu"
     assert report["config"]["model"]["enc_hidden"] == 32  # model=tiny
     assert report["peak"]["fp32"]["gflop_s"] > 0
     runs = report["runs"]
