@@ -17,8 +17,12 @@ sitting, each run a fresh process:
   decoder, general attention, input feeding, learned bridge, dropout 0.2, Adam 1e-3, label
   smoothing 0.1, clipping at 1.0, uniform init +-0.1). OpenNMT-py: brnn 2 layers of 512 split
   across directions, rnn decoder 2x512, general attention, input feed, bridge, dropout 0.2, Adam
-  1e-3, label smoothing 0.1, max_grad_norm 1.0, param_init 0.1 (its default), tokens batches
-  of ``--onmt-batch-size``, its default data loader (2 workers).
+  1e-3, label smoothing 0.1, max_grad_norm 1.0, param_init 0.1 (its default), its default
+  data loader (2 workers, buckets of 262,144 pairs). Its ``batch_size`` (tokens) is the one
+  whose real target tokens per batch over an epoch of its own batching
+  (``onmt_driver.py batches``) are nearest nmt's over an epoch of ``nmt.batching`` (on
+  lo.de-en: 2,700 against ``trainer.max_tokens=2600``, both about 2,010), unless
+  ``--onmt-batch-size`` says otherwise; the training logs give the tokens per update measured.
 - each round trains each toolkit for ``--seconds`` (nmt: ``trainer.max_time_min``; OpenNMT-py:
   ``onmt_driver.py train`` ends its batch iterator at the deadline), order alternating between
   rounds. Training speed: real target tokens (eos included, as both count them) per second
@@ -508,7 +512,8 @@ METRICS: list[tuple[str, str, str]] = [
     ("train.throughput.tgt_tok_s", "training, real target tokens/s", "higher"),
     ("train.throughput.tgt_tokens_per_update", "real target tokens per update", ""),
     ("train.throughput.updates_per_s", "updates/s", "higher"),
-    ("train.updates", "updates in the round", ""),
+    ("train.updates", "updates (at the last log line)", ""),
+    ("train.wall_s", "training process wall time, start-up and final save included (s)", ""),
     ("train.max_rss_mb", "training peak RSS, largest process (MB)", "lower"),
     ("train.peak_tree_pss_mb", "training peak PSS, all processes (MB)", "lower"),
     ("decode.greedy.sentences_per_s", "greedy, sentences/s", "higher"),
