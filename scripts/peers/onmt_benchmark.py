@@ -582,7 +582,7 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     for key, label, better in METRICS:
         row = report["summary"][key]
-        digits = 1 if ("mean_output" in key or "bleu" in key or "updates_per" in key) else 0
+        digits = 2 if "updates_per" in key else 1 if ("mean_output" in key or "bleu" in key) else 0
         cells = []
         for tk in TOOLKITS:
             rounds = " / ".join(fmt(v, digits) for v in row["rounds"][tk])
