@@ -28,6 +28,10 @@ ver=$("$nmt_python" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_i
 sites=$("$nmt_python" -c 'import sysconfig; p = sysconfig.get_paths(); print(p["purelib"]); print(p["platlib"])' | sort -u)
 "$nmt_python" -c 'import torch; print("torch", torch.__version__, "from", torch.__file__)'
 
+if [ -e "$venv" ] && [ ! -f "$venv/pyvenv.cfg" ]; then
+    echo "error: $venv exists and is not a virtual environment; not touching it" >&2
+    exit 2
+fi
 rm -rf "$venv"
 "$base/bin/python$ver" -m venv "$venv"
 own_site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
