@@ -7,15 +7,19 @@ uniformly over all V entries, so the loss per token is
 
     (1 - eps) * -log p(y) + eps * mean_v(-log p(v))
 
-which is exactly what ``F.cross_entropy(..., label_smoothing=eps)`` computes.
+which is exactly what ``F.cross_entropy(..., label_smoothing=eps)`` computes. ``Criterion``
+puts the model and this loss together (what DDP wraps in data-parallel training).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from nmt.model import Seq2Seq
 
 
 class _SmoothedCrossEntropy(torch.autograd.Function):
@@ -76,3 +80,33 @@ def label_smoothed_nll(logits: Tensor, target: Tensor, smoothing: float) -> tupl
     """
     loss, _ = smoothed_loss_and_nll(logits, target, smoothing)
     return loss, target.numel()
+
+
+class Criterion(nn.Module):
+    """Model + label-smoothed loss over real target tokens only.
+
+    ``forward`` returns (smoothed loss sum, NLL sum); the output layer runs only on the rows
+    ``tgt_out != pad``, never on padding.
+    """
+
+    def __init__(self, model: Seq2Seq, smoothing: float) -> None:
+        super().__init__()
+        self.model = model
+        self.smoothing = smoothing
+
+    def forward(
+        self,
+        src: torch.Tensor,
+        src_lengths: torch.Tensor,
+        tgt_in: torch.Tensor,
+        tgt_out: torch.Tensor,
+        real: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``real``: flat indices (N,) of the cells ``tgt_out != pad`` (``device.real_rows``,
+        no host sync on CUDA); computed from ``tgt_out`` when not given."""
+        states = self.model(src, src_lengths, tgt_in)  # (B, T, H)
+        if real is None:
+            real = (tgt_out.reshape(-1) != self.model.pad_id).nonzero().squeeze(1)  # (N,)
+        logits = self.model.logits(states.reshape(-1, states.size(-1)).index_select(0, real))
+        target = tgt_out.reshape(-1).index_select(0, real)  # (N,)
+        return smoothed_loss_and_nll(logits, target, self.smoothing)  # logits (N, V)

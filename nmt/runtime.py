@@ -1,4 +1,5 @@
-"""Process-wide settings: the device a command runs on, and malloc tuning for the CPU.
+"""Process-wide settings: the device a command runs on, autocast for a precision, and malloc
+tuning for the CPU.
 
 ``pick_device`` turns the ``device`` key into a ``torch.device`` for every entry point
 (training, translation, evaluation), with a one-line ``ConfigError`` when it cannot work here.
@@ -22,6 +23,8 @@ import ctypes
 import ctypes.util
 import os
 import sys
+from contextlib import nullcontext
+from typing import Any
 
 import torch
 
@@ -67,3 +70,10 @@ def tune_malloc() -> bool:
     mallopt.restype = ctypes.c_int
     _done = mallopt(M_MMAP_THRESHOLD, THRESHOLD) == 1 and mallopt(M_TRIM_THRESHOLD, THRESHOLD) == 1
     return _done
+
+
+def autocast(device: torch.device, precision: str) -> Any:
+    if precision == "fp32":
+        return nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)

@@ -73,7 +73,7 @@ def resume_config(dcfg: DictConfig, overrides: list[str], out_dir: Path) -> Trai
     vocabulary or the data cannot change: both are refused with one line naming each key."""
     from nmt.checkpoint import load_checkpoint
     from nmt.config import ConfigError
-    from nmt.trainer import find_resume
+    from nmt.resume import find_resume
 
     composed: TrainConfig = OmegaConf.to_object(dcfg)  # type: ignore[assignment]
     path = find_resume(composed, out_dir)

@@ -7,22 +7,18 @@ sampler and a global token count; see ``nmt.distributed``.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import random
 import signal
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, replace
 from enum import IntEnum
 from pathlib import Path
 from types import FrameType
-from typing import Any, Literal
+from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -31,294 +27,42 @@ from tqdm import tqdm
 from nmt import distributed as dist_utils
 from nmt.batching import BucketBatchSampler
 from nmt.checkpoint import (
-    CheckpointError,
-    load_checkpoint,
-    model_config_from,
-    model_payload,
     remove_stale_temps,
-    save_checkpoint,
-    write_atomic,
 )
 from nmt.config import TrainConfig, TrainerConfig
-from nmt.data import Batch, ParallelDataset, Prepared, collate, prepare
+from nmt.data import Batch, ParallelDataset, collate, prepare
 from nmt.device import (
-    cuda_rng_state,
     fp16_step_skipped,
     real_rows,
-    set_cuda_rng_state,
     set_tf32,
     to_device,
 )
 from nmt.faults import fault_point
-from nmt.loss import smoothed_loss_and_nll
-from nmt.metrics import check_settings, score
+from nmt.loss import Criterion
+from nmt.metrics import check_settings
 from nmt.model import Seq2Seq, build_model
 from nmt.monitor import Monitor
-from nmt.optim import Scheduler, build_optimizer, build_scheduler
-from nmt.runtime import pick_device, tune_malloc
-from nmt.search import translate_lines
-from nmt.tokenizer import Tokenizer
+from nmt.optim import build_optimizer, build_scheduler
+from nmt.resume import (
+    adopt_run_files,
+    find_resume,
+    init_from_config,
+    resume,
+    start_from,
+    stored_results,
+)
+from nmt.rng import seed_everything
+from nmt.run import (
+    Run,
+    TrainingError,
+    TrainingInterrupted,
+    TrainState,
+    write_json,
+)
+from nmt.runtime import autocast, pick_device, tune_malloc
+from nmt.validation import evaluate_test, metric_mode, run_validation
 
 log = logging.getLogger(__name__)
-
-
-class TrainingError(Exception):
-    """Training cannot go on (one-line message)."""
-
-
-class TrainingInterrupted(Exception):
-    """SIGINT/SIGTERM: ``last.pt`` holds the run's latest state (``path``; None when the
-    signal came before training started, and nothing needed saving)."""
-
-    def __init__(self, signum: int, path: Path | None) -> None:
-        where = f"state saved to {path}" if path else "before training started"
-        super().__init__(f"interrupted by signal {signum}; {where}")
-        self.signum = signum
-        self.path = path
-
-
-@dataclass
-class TrainState:
-    """Counters and early-stopping state; saved in every checkpoint and restored on resume."""
-
-    update: int = 0
-    epoch: int = 0
-    best: float | None = None
-    best_update: int = 0
-    bad_validations: int = 0
-    nonfinite_in_row: int = 0
-    skipped_updates: int = 0
-    elapsed_s: float = 0.0
-    tokens: int = 0
-    # the best-N files of this run directory: [[metric, file name], ...], best first
-    kept: list[list[Any]] = field(default_factory=list)
-    valid_update: int = -1  # the update of the last validation (-1: none yet)
-
-
-# ---------------------------------------------------------------------------------------------
-# set-up helpers
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def rng_state(device: torch.device | None = None) -> dict[str, Any]:
-    """Python, NumPy and torch CPU generators, plus the generator of ``device`` when it is a
-    CUDA device (only that one: other GPUs are not in use, and a CPU run never touches CUDA)."""
-    state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": _numpy_state_to_plain(np.random.get_state()),
-        "torch": torch.get_rng_state(),
-    }
-    if device is not None and (cuda := cuda_rng_state(device)) is not None:
-        state["cuda"] = cuda
-    return state
-
-
-def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> None:
-    """Restore ``rng_state``'s output; the CUDA state goes to ``device`` if it is a CUDA device
-    (also from the older all-GPUs format; a missing entry is a warning, not an error)."""
-    random.setstate(_as_tuple(state["python"]))
-    np.random.set_state(_numpy_state_from_plain(state["numpy"]))
-    torch.set_rng_state(state["torch"])
-    if device is not None:
-        set_cuda_rng_state(state.get("cuda"), device)
-
-
-def _numpy_state_to_plain(state: Any) -> list[Any]:
-    name, keys, pos, has_gauss, gauss = state
-    return [name, keys.tolist(), int(pos), int(has_gauss), float(gauss)]
-
-
-def _numpy_state_from_plain(state: list[Any]) -> Any:
-    name, keys, pos, has_gauss, gauss = state
-    return (name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss)
-
-
-def _as_tuple(x: Any) -> Any:
-    return tuple(_as_tuple(v) for v in x) if isinstance(x, list | tuple) else x
-
-
-def autocast(device: torch.device, precision: str) -> Any:
-    if precision == "fp32":
-        return nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def metric_mode(metric: str) -> Literal["min", "max"]:
-    return "min" if metric == "loss" else "max"
-
-
-def improved(value: float, best: float | None, metric: str) -> bool:
-    if best is None:
-        return True
-    return value < best if metric_mode(metric) == "min" else value > best
-
-
-# ---------------------------------------------------------------------------------------------
-# the criterion (wrapped by DDP so every parameter it uses is synchronised)
-
-
-class Criterion(nn.Module):
-    """Model + label-smoothed loss over real target tokens only.
-
-    ``forward`` returns (smoothed loss sum, NLL sum); the output layer runs only on the rows
-    ``tgt_out != pad``, never on padding.
-    """
-
-    def __init__(self, model: Seq2Seq, smoothing: float) -> None:
-        super().__init__()
-        self.model = model
-        self.smoothing = smoothing
-
-    def forward(
-        self,
-        src: torch.Tensor,
-        src_lengths: torch.Tensor,
-        tgt_in: torch.Tensor,
-        tgt_out: torch.Tensor,
-        real: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``real``: flat indices (N,) of the cells ``tgt_out != pad`` (``device.real_rows``,
-        no host sync on CUDA); computed from ``tgt_out`` when not given."""
-        states = self.model(src, src_lengths, tgt_in)  # (B, T, H)
-        if real is None:
-            real = (tgt_out.reshape(-1) != self.model.pad_id).nonzero().squeeze(1)  # (N,)
-        logits = self.model.logits(states.reshape(-1, states.size(-1)).index_select(0, real))
-        target = tgt_out.reshape(-1).index_select(0, real)  # (N,)
-        return smoothed_loss_and_nll(logits, target, self.smoothing)  # logits (N, V)
-
-
-# ---------------------------------------------------------------------------------------------
-# validation
-
-
-def dev_loss(
-    model: Seq2Seq,
-    dataset: ParallelDataset,
-    pad_id: int,
-    bos_id: int,
-    eos_id: int,
-    max_tokens: int,
-    device: torch.device,
-    precision: str,
-) -> float:
-    """Mean NLL per real target token over ``dataset`` (no smoothing)."""
-    criterion = Criterion(model, smoothing=0.0)
-    sampler = BucketBatchSampler(
-        dataset.src_lengths, dataset.tgt_lengths, max_tokens=max_tokens, shuffle=False
-    )
-    total = torch.zeros((), dtype=torch.float64, device=device)  # read once, at the end
-    count = 0
-    model.eval()
-    with torch.inference_mode(), autocast(device, precision):
-        for idx in sampler:
-            cpu = collate([(i, *dataset[i]) for i in idx], pad_id, bos_id, eos_id)
-            b = to_device(cpu, device)
-            real = real_rows(cpu.tgt_out, pad_id, device)
-            loss, _ = criterion(b.src, b.src_lengths, b.tgt_in, b.tgt_out, real)
-            total += loss.double()
-            count += b.n_tgt_tokens
-    return float(total) / max(count, 1)
-
-
-def validate(
-    model: Seq2Seq, prepared: Prepared, cfg: TrainConfig, device: torch.device
-) -> dict[str, Any]:
-    """Dev loss/perplexity and dev translation scored with sacrebleu against raw references."""
-    tok = prepared.tokenizer
-    dataset = prepared.dataset(cfg.data.dev)
-    src_lines, ref_lines = prepared.raw(cfg.data.dev)
-    n = cfg.trainer.valid_max_sentences
-    if n > 0:
-        src_lines, ref_lines = src_lines[:n], ref_lines[:n]
-    start = time.perf_counter()
-    loss = dev_loss(
-        model,
-        dataset,
-        tok.pad_id,
-        tok.bos_id,
-        tok.eos_id,
-        cfg.trainer.max_tokens,
-        device,
-        cfg.trainer.precision,
-    )
-    decode = replace(cfg.decode, beam_size=cfg.trainer.valid_beam_size, nbest=1)
-    hyps = translate_lines(model, tok, src_lines, decode, device)
-    texts = tok.decode_tgt([h[0].tokens for h in hyps])
-    scores = score(texts, ref_lines, ("bleu", "chrf"), cfg.data.tgt, cfg.metrics)
-    model.train()
-    return {
-        "loss": loss,
-        "ppl": math.exp(min(loss, 50.0)),
-        **scores,
-        "hyps": texts,
-        "srcs": src_lines,
-        "refs": ref_lines,
-        "seconds": time.perf_counter() - start,
-    }
-
-
-# ---------------------------------------------------------------------------------------------
-# checkpoints
-
-
-def trainer_payload(
-    state: TrainState,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Scheduler,
-    scaler: torch.amp.GradScaler | None,
-    sampler: BucketBatchSampler,
-    world_size: int,
-    rank_rngs: list[dict[str, Any]],
-) -> dict[str, Any]:
-    """Everything beyond the model that an exact resume needs; ``rank_rngs`` holds every rank's
-    RNG state in rank order (one entry for a single process)."""
-    return {
-        "state": asdict(state),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "scaler": scaler.state_dict() if scaler is not None else None,
-        "sampler": sampler.state_dict(),
-        "world_size": world_size,
-        "rng": rank_rngs[0],
-        "rank_rngs": rank_rngs,
-    }
-
-
-def find_resume(cfg: TrainConfig, out_dir: Path) -> Path | None:
-    """The checkpoint this run continues from, or None for a fresh run.
-
-    ``out_dir/last.pt`` when it exists: it is this run's own latest state, newer than any
-    ``resume=`` given on the command line (a torchrun restart, or the resume command run a
-    second time, must not go back to the older file and then overwrite the newer one).
-    Otherwise ``resume=FILE`` or ``resume=RUN_DIR`` (its last.pt).
-    """
-    last = out_dir / "last.pt"
-    if cfg.resume:
-        path = Path(cfg.resume)
-        if path.is_dir():
-            path = path / "last.pt"
-        if not path.is_file():
-            raise CheckpointError(f"resume={cfg.resume}: no checkpoint at {path}")
-        if last.is_file() and not last.samefile(path):
-            log.warning(
-                "%s exists: continuing from it, not from resume=%s (it holds this run's "
-                "latest state)",
-                last,
-                cfg.resume,
-            )
-            return last
-        return path
-    return last if last.is_file() else None
-
-
-# ---------------------------------------------------------------------------------------------
-# signals
 
 
 class StopFlag:
@@ -372,10 +116,6 @@ class Decision(IntEnum):
     INTERRUPTED = 2
 
 
-# ---------------------------------------------------------------------------------------------
-# the loop
-
-
 def update_groups(
     sampler: BucketBatchSampler, dataset: ParallelDataset, pad: int, bos: int, eos: int, accum: int
 ) -> Iterator[list[Batch]]:
@@ -414,72 +154,6 @@ def train_sampler(
         num_replicas=world_size,
         rank=rank,
     )
-
-
-@dataclass
-class Run:
-    """Everything a training run holds between set-up, the loop and the finish."""
-
-    cfg: TrainConfig
-    out_dir: Path
-    ctx: dist_utils.DistContext
-    device: torch.device
-    prepared: Prepared
-    train_set: ParallelDataset
-    sampler: BucketBatchSampler
-    model: Seq2Seq
-    criterion: nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: Scheduler
-    scaler: torch.amp.GradScaler | None
-    state: TrainState
-    monitor: Monitor | None = None
-
-    @property
-    def is_main(self) -> bool:
-        return self.ctx.rank == 0
-
-    def save_last(self) -> Path:
-        """Write ``last.pt`` (every rank must call: the RNG states are gathered)."""
-        path = self.out_dir / "last.pt"
-        rank_rngs = dist_utils.gather_objects(self.ctx, rng_state(self.device))
-        if self.is_main:
-            payload = model_payload(self.model, self.cfg.model, self.prepared.tokenizer)
-            payload["trainer"] = trainer_payload(
-                self.state,
-                self.optimizer,
-                self.scheduler,
-                self.scaler,
-                self.sampler,
-                self.ctx.world_size,
-                rank_rngs,
-            )
-            payload["train_config"] = asdict(self.cfg)
-            save_checkpoint(path, payload)
-        return path
-
-    def get_monitor(self) -> Monitor:
-        """TensorBoard, opened on first use (a finished run re-run writes nothing)."""
-        if self.monitor is None:
-            self.monitor = Monitor(
-                self.out_dir, enabled=self.is_main and self.cfg.trainer.tensorboard
-            )
-            if self.is_main:
-                self.monitor.hparams(self.cfg)
-        return self.monitor
-
-
-def init_from_config(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Any] | None]:
-    """With ``init_from=CKPT``: the run takes that checkpoint's model shape (this config's
-    ``model.dropout`` and ``model.rnn_impl`` still apply) and its SentencePiece model, so new
-    data is encoded with the vocabulary the weights were trained on."""
-    if not cfg.init_from:
-        return cfg, None
-    ckpt = load_checkpoint(cfg.init_from)
-    shape = model_config_from(ckpt)
-    model = replace(shape, dropout=cfg.model.dropout, rnn_impl=cfg.model.rnn_impl)
-    tokenizer = replace(cfg.tokenizer, model=cfg.init_from)
-    return replace(cfg, model=model, tokenizer=tokenizer), ckpt
 
 
 def setup(cfg: TrainConfig, out_dir: Path) -> Run:
@@ -548,17 +222,7 @@ def setup(cfg: TrainConfig, out_dir: Path) -> Run:
             "output directory must be on a shared filesystem"
         )
     if resume_from is not None:
-        run.state = resume(
-            resume_from,
-            model,
-            optimizer,
-            scheduler,
-            scaler,
-            sampler,
-            ctx.world_size,
-            ctx.rank,
-            tok.fingerprint(),
-        )
+        run.state = resume(run, resume_from)
         adopt_run_files(run, resume_from)
         log.info(
             "resumed from %s at update %d (epoch %d)",
@@ -581,19 +245,6 @@ def setup(cfg: TrainConfig, out_dir: Path) -> Run:
     return run
 
 
-def start_from(run: Run, path: Path, ckpt: dict[str, Any]) -> None:
-    """A new run from ``path``'s weights (fine-tuning); everything else starts fresh."""
-    theirs = Tokenizer.from_bytes(ckpt["tokenizer"]).fingerprint()
-    ours = run.prepared.tokenizer.fingerprint()
-    if theirs != ours:
-        raise CheckpointError(
-            f"init_from={path}: its SentencePiece model (fingerprint {theirs[:12]}) is not the "
-            f"one the data was prepared with ({ours[:12]})"
-        )
-    check_fits(path, ckpt["model"], run.model)
-    log.info("initialised the model from %s (optimizer, schedule and counters start fresh)", path)
-
-
 def check_epoch_size(sampler: BucketBatchSampler, tcfg: TrainerConfig, world_size: int) -> None:
     """An epoch must give every process at least one batch, or the loop could never update."""
     if len(sampler) == 0:
@@ -602,36 +253,6 @@ def check_epoch_size(sampler: BucketBatchSampler, tcfg: TrainerConfig, world_siz
             f"{tcfg.max_tokens} than the {world_size} processes: use fewer processes, a "
             "smaller trainer.max_tokens or more training data"
         )
-
-
-def adopt_run_files(run: Run, resume_from: Path) -> None:
-    """Make the state's file list refer to this run directory only.
-
-    The kept best-N list names files of the directory the checkpoint came from; a run resumed
-    into another directory must never delete them, so it starts its own list, and it takes a
-    copy of that run's ``best.pt`` (the model its best score belongs to) unless it has one.
-    """
-    state, out_dir = run.state, run.out_dir
-    source = resume_from.resolve().parent
-    same_dir = out_dir.is_dir() and source.samefile(out_dir)
-    kept = []
-    for value, name in state.kept:
-        path = Path(name)
-        if not path.is_absolute():
-            path = source / path
-        if same_dir and path.parent.resolve() == source:
-            kept.append([value, path.name])
-    state.kept = kept
-    best = source / "best.pt"
-    if not same_dir and run.is_main and best.is_file() and not (out_dir / "best.pt").exists():
-        copy_file(best, out_dir / "best.pt")
-        log.info("copied %s into %s (the best model so far)", best, out_dir)
-
-
-def copy_file(src: Path, dst: Path) -> None:
-    """Copy atomically: a temporary file beside ``dst``, fsync, rename."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(dst, src.read_bytes())
 
 
 def finished(cfg: TrainConfig, state: TrainState) -> str:
@@ -741,10 +362,7 @@ def train_loop(run: Run, flag: StopFlag, bar: tqdm) -> str:
                     run.is_main,
                 )  # fmt: skip
             if state.update % tcfg.valid_every == 0:
-                run_validation(
-                    cfg, run.model, run.prepared, run.device, state, run.scheduler,
-                    run.get_monitor(), run.out_dir, run.ctx,
-                )  # fmt: skip
+                run_validation(run)
             state.elapsed_s = time.perf_counter() - run_start
             if state.update % tcfg.save_every == 0:
                 run.save_last()
@@ -797,22 +415,6 @@ def skip_update(run: Run, state: TrainState) -> None:
         )
 
 
-def stored_results(run: Run) -> dict[str, Any] | None:
-    """``results.json`` when it describes this state completely (nothing left to do)."""
-    path = run.out_dir / "results.json"
-    if not path.is_file():
-        return None
-    try:
-        results = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(results, dict) or results.get("updates") != run.state.update:
-        return None
-    if run.cfg.eval_test and "test" not in results:
-        return None
-    return results
-
-
 def finish(run: Run, stop_reason: str) -> dict[str, Any]:
     """Final validation (unless this update was validated), ``last.pt``, test scores and
     ``results.json``. ``last.pt`` is written before anything slow, so a signal or a crash in
@@ -822,10 +424,7 @@ def finish(run: Run, stop_reason: str) -> dict[str, Any]:
     run.save_last()
     fault_point("finish")
     if state.update > 0 and state.valid_update != state.update:
-        run_validation(
-            cfg, run.model, run.prepared, run.device, state, run.scheduler, run.get_monitor(),
-            run.out_dir, run.ctx,
-        )  # fmt: skip
+        run_validation(run)
         run.save_last()
     results: dict[str, Any] = {
         "updates": state.update,
@@ -838,7 +437,7 @@ def finish(run: Run, stop_reason: str) -> dict[str, Any]:
         "out_dir": str(run.out_dir),
     }
     if run.is_main and cfg.eval_test:
-        results["test"] = evaluate_test(cfg, run.prepared, run.out_dir, run.device, run.model)
+        results["test"] = evaluate_test(run)
         run.get_monitor().scalars(
             {"test/bleu": results["test"]["bleu"], "test/chrf": results["test"]["chrf"]},
             state.update,
@@ -846,11 +445,6 @@ def finish(run: Run, stop_reason: str) -> dict[str, Any]:
     if run.is_main:
         write_json(run.out_dir / "results.json", results)
     return results
-
-
-def write_json(path: Path, value: Any) -> None:
-    """Atomically (temporary file, rename): a reader never sees half a file."""
-    write_atomic(path, (json.dumps(value, indent=2) + "\n").encode("utf-8"))
 
 
 def train_update(
@@ -971,173 +565,3 @@ def log_train(
             state.update,
         )
     acc.update({"loss": 0.0, "nll": 0.0, "tokens": 0, "cells": 0, "real": 0, "t0": now})
-
-
-def run_validation(
-    cfg: TrainConfig,
-    model: Seq2Seq,
-    prepared: Prepared,
-    device: torch.device,
-    state: TrainState,
-    scheduler: Scheduler,
-    monitor: Monitor,
-    out_dir: Path,
-    ctx: dist_utils.DistContext,
-) -> None:
-    """Rank 0 validates and saves; every rank gets the metric and updates the same state."""
-    metric_name = cfg.trainer.early_stop_metric
-    value = 0.0
-    if ctx.rank == 0:
-        res = validate(model, prepared, cfg, device)
-        value = res[metric_name]
-        log.info(
-            "validation at update %d: loss %.3f ppl %.2f | BLEU %.2f chrF %.2f (%.0fs) | %s",
-            state.update,
-            res["loss"],
-            res["ppl"],
-            res["bleu"],
-            res["chrf"],
-            res["seconds"],
-            res["bleu_signature"],
-        )
-        monitor.validation(res, model, prepared, device, state.update)
-    value = dist_utils.broadcast_float(ctx, value)
-    state.valid_update = state.update
-    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-        scheduler.step(value)
-    if improved(value, state.best, metric_name):
-        state.best, state.best_update, state.bad_validations = value, state.update, 0
-        if ctx.rank == 0:
-            save_best(cfg, model, prepared, state, out_dir, value)
-    else:
-        state.bad_validations += 1
-        log.info(
-            "no improvement of %s (best %.3f at update %d): %d/%s",
-            metric_name,
-            state.best or 0.0,
-            state.best_update,
-            state.bad_validations,
-            cfg.trainer.patience or "-",
-        )
-
-
-def save_best(
-    cfg: TrainConfig,
-    model: Seq2Seq,
-    prepared: Prepared,
-    state: TrainState,
-    out_dir: Path,
-    value: float,
-) -> None:
-    """``best.pt`` plus the best N model-only checkpoints ``ckpt_u{update}.pt``."""
-    payload = model_payload(model, cfg.model, prepared.tokenizer)
-    payload["train_config"] = asdict(cfg)
-    payload["metric"] = {cfg.trainer.early_stop_metric: value, "update": state.update}
-    save_checkpoint(out_dir / "best.pt", payload)
-    keep = cfg.trainer.keep_best
-    if keep <= 0:
-        return
-    name = f"ckpt_u{state.update}.pt"
-    save_checkpoint(out_dir / name, payload)
-    state.kept = [kv for kv in state.kept if kv[1] != name] + [[value, name]]
-    reverse = metric_mode(cfg.trainer.early_stop_metric) == "max"
-    state.kept.sort(key=lambda kv: kv[0], reverse=reverse)
-    for _, old in state.kept[keep:]:  # only files this run wrote, in this directory
-        (out_dir / old).unlink(missing_ok=True)
-    state.kept = state.kept[:keep]
-
-
-def resume(
-    path: Path,
-    model: Seq2Seq,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Scheduler,
-    scaler: torch.amp.GradScaler | None,
-    sampler: BucketBatchSampler,
-    world_size: int,
-    rank: int = 0,
-    data_fingerprint: str | None = None,
-) -> TrainState:
-    ckpt = load_checkpoint(path)
-    if "trainer" not in ckpt:
-        raise CheckpointError(
-            f"{path}: a model-only checkpoint (best/averaged) cannot resume training"
-        )
-    tokenizer = Tokenizer.from_bytes(ckpt["tokenizer"])
-    if data_fingerprint is not None and tokenizer.fingerprint() != data_fingerprint:
-        raise CheckpointError(
-            f"{path}: its SentencePiece model (fingerprint {tokenizer.fingerprint()[:12]}) is "
-            f"not the one the data was prepared with ({data_fingerprint[:12]}): the weights "
-            "would meet another vocabulary; use the same data and tokenizer settings"
-        )
-    check_fits(path, ckpt["model"], model)
-    t = ckpt["trainer"]
-    optimizer.load_state_dict(t["optimizer"])
-    scheduler.load_state_dict(t["scheduler"])
-    if scaler is not None and t.get("scaler"):
-        scaler.load_state_dict(t["scaler"])
-    state = TrainState(**t["state"])
-    if t["world_size"] == world_size:
-        sampler.load_state_dict(t["sampler"])
-        device = next(model.parameters()).device
-        set_rng_state(t.get("rank_rngs", [t["rng"]])[rank], device)
-        if sampler.epoch == state.epoch + 1 and sampler.position == 0:
-            # written by an older nmt after an epoch's last, smaller accumulation group: the
-            # sampler had already stepped into the next epoch, the counter had not
-            state.epoch += 1
-    else:  # a different number of processes: start the next epoch afresh
-        state.epoch += 1
-        sampler.set_epoch(state.epoch)
-        log.warning(
-            "checkpoint was written by %d processes, now %d: resuming at the start of epoch %d",
-            t["world_size"],
-            world_size,
-            state.epoch + 1,
-        )
-    return state
-
-
-def check_fits(path: Path, weights: dict[str, torch.Tensor], model: nn.Module) -> None:
-    """Load ``weights`` into ``model``, or say in one line which tensors differ."""
-    own = model.state_dict()
-    sized = [
-        f"{k} {tuple(v.shape)} in the checkpoint, {tuple(own[k].shape)} here"
-        for k, v in weights.items()
-        if k in own and v.shape != own[k].shape
-    ]
-    missing = [k for k in own if k not in weights]
-    extra = [k for k in weights if k not in own]
-    problems = []
-    if sized:
-        problems.append(f"{len(sized)} tensors differ in size: " + "; ".join(sized[:3]))
-    if missing:
-        problems.append(f"{len(missing)} missing: " + ", ".join(missing[:3]))
-    if extra:
-        problems.append(f"{len(extra)} unexpected: " + ", ".join(extra[:3]))
-    if problems:
-        raise CheckpointError(
-            f"{path}: does not fit this model config ({' | '.join(problems)}); resume with the "
-            "run's own model settings"
-        )
-    model.load_state_dict(weights)
-
-
-def evaluate_test(
-    cfg: TrainConfig, prepared: Prepared, out_dir: Path, device: torch.device, model: Seq2Seq
-) -> dict[str, Any]:
-    """Translate the test split with the best checkpoint (beam search) and score it."""
-    best = out_dir / "best.pt"
-    if best.is_file():
-        model.load_state_dict(load_checkpoint(best)["model"])
-    model.eval()
-    src, ref = prepared.raw(cfg.data.test)
-    hyps = translate_lines(model, prepared.tokenizer, src, cfg.decode, device)
-    texts = prepared.tokenizer.decode_tgt([h[0].tokens for h in hyps])
-    hyp_path = out_dir / f"test.hyp.{cfg.data.tgt}"
-    hyp_path.write_text("".join(t + "\n" for t in texts), encoding="utf-8")
-    scores = score(texts, ref, ("bleu", "chrf"), cfg.data.tgt, cfg.metrics)
-    scores["translations"] = str(hyp_path)
-    scores["checkpoint"] = str(best if best.is_file() else out_dir / "last.pt")
-    scores["beam_size"] = cfg.decode.beam_size
-    write_json(out_dir / "test_scores.json", scores)
-    return scores

@@ -330,9 +330,10 @@ def make_update(arm: Arm, cfg: Any, prepared: Any, device: torch.device) -> tupl
     and collates the next batches, runs ``nmt.trainer.train_update`` and returns its counts."""
     from nmt import distributed as dist_utils
     from nmt.data import collate
+    from nmt.loss import Criterion
     from nmt.model import build_model
     from nmt.optim import build_optimizer
-    from nmt.trainer import Criterion, train_update
+    from nmt.trainer import train_update
 
     tcfg, ocfg, tok = cfg.trainer, cfg.optim, prepared.tokenizer
     model_cfg = replace(cfg.model, input_feeding=arm.input_feeding, rnn_impl=arm.rnn_impl)
@@ -437,8 +438,8 @@ def measure_training(update: Any, spec: dict[str, Any], device: torch.device) ->
 def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     """One training run (and, for the base run, the decoding measurements) in this process."""
     from nmt.data import prepare
+    from nmt.rng import seed_everything
     from nmt.runtime import tune_malloc
-    from nmt.trainer import seed_everything
 
     torch.set_num_threads(spec["threads"])
     arm = Arm(**spec["arm"])

@@ -59,9 +59,10 @@ from nmt.config import ModelConfig, OptimConfig, TrainConfig  # noqa: E402
 from nmt.data import collate  # noqa: E402
 from nmt.device import set_tf32, tf32_flags  # noqa: E402
 from nmt.distributed import DistContext, no_buffer_sync  # noqa: E402
+from nmt.loss import Criterion  # noqa: E402
 from nmt.model import Seq2Seq, build_model  # noqa: E402
 from nmt.optim import build_optimizer  # noqa: E402
-from nmt.trainer import Criterion, train_update  # noqa: E402
+from nmt.trainer import train_update  # noqa: E402
 
 log = logging.getLogger("gpu_check")
 

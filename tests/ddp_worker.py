@@ -25,9 +25,11 @@ from nmt import distributed as dist_utils
 from nmt.batching import BucketBatchSampler
 from nmt.config import TrainConfig
 from nmt.data import prepare
+from nmt.loss import Criterion
 from nmt.model import build_model
 from nmt.optim import build_optimizer
-from nmt.trainer import Criterion, seed_everything, train_update, update_groups
+from nmt.rng import seed_everything
+from nmt.trainer import train_update, update_groups
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

@@ -22,10 +22,11 @@ from nmt.config import ModelConfig, OptimConfig
 from nmt.data import collate
 from nmt.device import set_tf32, tf32_flags
 from nmt.distributed import DistContext
+from nmt.loss import Criterion
 from nmt.model import Seq2Seq, build_model
 from nmt.optim import build_optimizer
 from nmt.search import beam_search, greedy_search
-from nmt.trainer import Criterion, train_update
+from nmt.trainer import train_update
 
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS (resume)
 

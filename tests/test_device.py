@@ -15,9 +15,11 @@ from nmt.config import ModelConfig, OptimConfig
 from nmt.data import collate
 from nmt.device import fp16_step_skipped, set_tf32, tf32_flags
 from nmt.distributed import DistContext
+from nmt.loss import Criterion
 from nmt.model import build_model
 from nmt.optim import build_optimizer
-from nmt.trainer import Criterion, rng_state, set_rng_state, train_update
+from nmt.rng import rng_state, set_rng_state
+from nmt.trainer import train_update
 
 PAD, BOS, EOS = 0, 2, 3
 V = 17

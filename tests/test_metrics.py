@@ -272,7 +272,7 @@ def test_training_scores_in_the_target_language(
             "device=cpu",
         ]
     )
-    with caplog.at_level("INFO", logger="nmt.trainer"):
+    with caplog.at_level("INFO", logger="nmt"):
         res = train(cfg, tmp_path / "run")
     assert "tok:zh" in res["test"]["bleu_signature"]
     report = json.loads((tmp_path / "run" / "test_scores.json").read_text())

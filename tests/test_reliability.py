@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import nmt.trainer as trainer_module
+import nmt.run as run_module
 from nmt.checkpoint import CheckpointError, load_checkpoint, remove_stale_temps
 from nmt.config import ConfigError
-from nmt.trainer import find_resume, train, train_sampler
+from nmt.resume import find_resume
+from nmt.trainer import train, train_sampler
 from nmt.translate import read_lines
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -141,7 +142,7 @@ def test_resume_is_exact_after_every_update(
     )
     whole = compose_train(base + ["trainer.max_updates=11"])
     snapshots: list[Path] = []
-    real_save = trainer_module.save_checkpoint
+    real_save = run_module.save_checkpoint
 
     def save_and_keep(path: Path, payload: dict) -> None:
         real_save(path, payload)
@@ -150,7 +151,7 @@ def test_resume_is_exact_after_every_update(
             real_save(snap, payload)
             snapshots.append(snap)
 
-    monkeypatch.setattr(trainer_module, "save_checkpoint", save_and_keep)
+    monkeypatch.setattr(run_module, "save_checkpoint", save_and_keep)
     train(whole, tmp_path / "whole")
     monkeypatch.undo()
 
