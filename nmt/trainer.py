@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
 from types import FrameType
@@ -30,7 +31,7 @@ from nmt.checkpoint import (
     remove_stale_temps,
 )
 from nmt.config import TrainConfig, TrainerConfig
-from nmt.data import Batch, ParallelDataset, collate, prepare
+from nmt.data import Batch, ParallelDataset, Prepared, collate, prepare
 from nmt.device import (
     fp16_step_skipped,
     real_rows,
@@ -41,7 +42,6 @@ from nmt.faults import fault_point
 from nmt.loss import Criterion
 from nmt.metrics import check_settings
 from nmt.model import Seq2Seq, build_model
-from nmt.monitor import Monitor
 from nmt.optim import build_optimizer, build_scheduler
 from nmt.resume import (
     adopt_run_files,
@@ -159,62 +159,9 @@ def train_sampler(
 def setup(cfg: TrainConfig, out_dir: Path) -> Run:
     """Device, data, model, optimizer, and the state to continue from."""
     cfg, init = init_from_config(cfg)
-    ctx = dist_utils.init(cfg.device, cfg.trainer.dist_timeout_s)
-    device = ctx.device if ctx.world_size > 1 else pick_device(cfg.device)
-    tcfg, ocfg = cfg.trainer, cfg.optim
-    if tcfg.num_threads > 0:
-        torch.set_num_threads(tcfg.num_threads)
-    tune_malloc()
-    tf32 = set_tf32(tcfg.tf32)
-    if ctx.rank == 0 and device.type == "cuda":
-        log.info(
-            "precision %s; TF32 matmul=%s cudnn=%s (trainer.tf32)",
-            tcfg.precision,
-            tf32["matmul"],
-            tf32["cudnn"],
-        )
-    if tcfg.precision == "fp16" and device.type != "cuda":
-        raise TrainingError("trainer.precision=fp16 needs CUDA; use bf16 on the CPU")
-    if ctx.rank == 0 and out_dir.is_dir():
-        for tmp in remove_stale_temps(out_dir):
-            log.info("removed %s, left by a writer that was killed", tmp)
-    check_settings(cfg.data.tgt, cfg.metrics)  # e.g. ja/ko targets without MeCab: fail now
-    seed_everything(tcfg.seed)
-
-    # data: rank 0 builds the cache, the others then find it
-    with dist_utils.main_first(ctx):
-        prepared = prepare(cfg.data, cfg.tokenizer)
-    tok = prepared.tokenizer
-    train_set = prepared.dataset(cfg.data.train)
-    data_id = (tok.fingerprint(), len(train_set))
-    if dist_utils.any_rank(ctx, dist_utils.broadcast_object(ctx, data_id) != data_id):
-        raise TrainingError(
-            f"ranks prepared different data in {prepared.path}: on several machines, put "
-            "data.cache_dir on a shared filesystem or copy rank 0's cache to every machine"
-        )
-    sampler = train_sampler(train_set, tcfg, ctx.world_size, ctx.rank)
-    check_epoch_size(sampler, tcfg, ctx.world_size)
-
-    model = build_model(cfg.model, tok.src_vocab_size, tok.tgt_vocab_size, tok.pad_id).to(device)
-    criterion: nn.Module = Criterion(model, ocfg.label_smoothing)
-    if ctx.world_size > 1:
-        # device_ids=None: the module lives on one device and DDP must not copy the inputs
-        # (the lengths stay on the CPU); the only buffer (Bridge.layer_index) is constant
-        criterion = DistributedDataParallel(
-            criterion, device_ids=None, **dist_utils.no_buffer_sync()
-        )
-
-        # DDP copied rank 0's parameters to every rank; from here on each rank draws its own
-        # dropout masks (the same seed everywhere would repeat them across ranks)
-        seed_everything(tcfg.seed + ctx.rank)
-    optimizer = build_optimizer(model.parameters(), ocfg)
-    scheduler = build_scheduler(optimizer, ocfg, metric_mode(tcfg.early_stop_metric))
-    scaler = torch.amp.GradScaler("cuda") if tcfg.precision == "fp16" else None
-    run = Run(
-        cfg, out_dir, ctx, device, prepared, train_set, sampler, model, criterion, optimizer,
-        scheduler, scaler, TrainState(),
-    )  # fmt: skip
-
+    ctx, device = setup_process(cfg, out_dir)
+    prepared, train_set, sampler = setup_data(cfg, ctx)
+    run = setup_model(cfg, out_dir, ctx, device, prepared, train_set, sampler)
     resume_from = find_resume(cfg, out_dir)
     if dist_utils.sum_int(ctx, resume_from is not None) not in (0, ctx.world_size):
         raise TrainingError(
@@ -237,12 +184,87 @@ def setup(cfg: TrainConfig, out_dir: Path) -> Run:
     if run.is_main:
         log.info(
             "model: %.2fM parameters; train pairs: %d; device: %s; world size: %d",
-            sum(p.numel() for p in model.parameters()) / 1e6,
+            sum(p.numel() for p in run.model.parameters()) / 1e6,
             len(train_set),
             device,
             ctx.world_size,
         )
     return run
+
+
+def setup_process(cfg: TrainConfig, out_dir: Path) -> tuple[dist_utils.DistContext, torch.device]:
+    """The process group, the device and the process-wide settings; checks that need them."""
+    ctx = dist_utils.init(cfg.device, cfg.trainer.dist_timeout_s)
+    device = ctx.device if ctx.world_size > 1 else pick_device(cfg.device)
+    tcfg = cfg.trainer
+    if tcfg.num_threads > 0:
+        torch.set_num_threads(tcfg.num_threads)
+    tune_malloc()
+    tf32 = set_tf32(tcfg.tf32)
+    if ctx.rank == 0 and device.type == "cuda":
+        log.info(
+            "precision %s; TF32 matmul=%s cudnn=%s (trainer.tf32)",
+            tcfg.precision,
+            tf32["matmul"],
+            tf32["cudnn"],
+        )
+    if tcfg.precision == "fp16" and device.type != "cuda":
+        raise TrainingError("trainer.precision=fp16 needs CUDA; use bf16 on the CPU")
+    if ctx.rank == 0 and out_dir.is_dir():
+        for tmp in remove_stale_temps(out_dir):
+            log.info("removed %s, left by a writer that was killed", tmp)
+    check_settings(cfg.data.tgt, cfg.metrics)  # e.g. ja/ko targets without MeCab: fail now
+    seed_everything(tcfg.seed)
+    return ctx, device
+
+
+def setup_data(
+    cfg: TrainConfig, ctx: dist_utils.DistContext
+) -> tuple[Prepared, ParallelDataset, BucketBatchSampler]:
+    """The prepared cache (rank 0 builds it, the others then find it) and the sampler."""
+    with dist_utils.main_first(ctx):
+        prepared = prepare(cfg.data, cfg.tokenizer)
+    train_set = prepared.dataset(cfg.data.train)
+    data_id = (prepared.tokenizer.fingerprint(), len(train_set))
+    if dist_utils.any_rank(ctx, dist_utils.broadcast_object(ctx, data_id) != data_id):
+        raise TrainingError(
+            f"ranks prepared different data in {prepared.path}: on several machines, put "
+            "data.cache_dir on a shared filesystem or copy rank 0's cache to every machine"
+        )
+    sampler = train_sampler(train_set, cfg.trainer, ctx.world_size, ctx.rank)
+    check_epoch_size(sampler, cfg.trainer, ctx.world_size)
+    return prepared, train_set, sampler
+
+
+def setup_model(
+    cfg: TrainConfig,
+    out_dir: Path,
+    ctx: dist_utils.DistContext,
+    device: torch.device,
+    prepared: Prepared,
+    train_set: ParallelDataset,
+    sampler: BucketBatchSampler,
+) -> Run:
+    """Model, criterion (DDP-wrapped under torchrun), optimizer, schedule and scaler."""
+    tcfg, ocfg, tok = cfg.trainer, cfg.optim, prepared.tokenizer
+    model = build_model(cfg.model, tok.src_vocab_size, tok.tgt_vocab_size, tok.pad_id).to(device)
+    criterion: nn.Module = Criterion(model, ocfg.label_smoothing)
+    if ctx.world_size > 1:
+        # device_ids=None: the module lives on one device and DDP must not copy the inputs
+        # (the lengths stay on the CPU); the only buffer (Bridge.layer_index) is constant
+        criterion = DistributedDataParallel(
+            criterion, device_ids=None, **dist_utils.no_buffer_sync()
+        )
+        # DDP copied rank 0's parameters to every rank; from here on each rank draws its own
+        # dropout masks (the same seed everywhere would repeat them across ranks)
+        seed_everything(tcfg.seed + ctx.rank)
+    optimizer = build_optimizer(model.parameters(), ocfg)
+    scheduler = build_scheduler(optimizer, ocfg, metric_mode(tcfg.early_stop_metric))
+    scaler = torch.amp.GradScaler("cuda") if tcfg.precision == "fp16" else None
+    return Run(
+        cfg, out_dir, ctx, device, prepared, train_set, sampler, model, criterion, optimizer,
+        scheduler, scaler, TrainState(),
+    )  # fmt: skip
 
 
 def check_epoch_size(sampler: BucketBatchSampler, tcfg: TrainerConfig, world_size: int) -> None:
@@ -321,8 +343,7 @@ def train_loop(run: Run, flag: StopFlag, bar: tqdm) -> str:
     ``TrainingInterrupted`` after saving ``last.pt``)."""
     cfg, state, tcfg = run.cfg, run.state, run.cfg.trainer
     tok = run.prepared.tokenizer
-    log_acc = {"loss": 0.0, "nll": 0.0, "tokens": 0, "cells": 0, "real": 0}
-    log_acc["t0"] = time.perf_counter()
+    acc = LogWindow()
     run_start = time.perf_counter() - state.elapsed_s
     run.model.train()
     flag.immediate = False
@@ -333,58 +354,20 @@ def train_loop(run: Run, flag: StopFlag, bar: tqdm) -> str:
         ):
             updated = True
             stats = train_update(
-                group,
-                run.criterion,
-                run.model,
-                run.optimizer,
-                run.scaler,
-                run.ctx,
-                run.device,
-                tcfg.precision,
-                cfg.optim.clip_norm,
-            )
-            if not stats["finite"]:
+                group, run.criterion, run.model, run.optimizer, run.scaler, run.ctx,
+                run.device, tcfg.precision, cfg.optim.clip_norm,
+            )  # fmt: skip
+            if not stats.finite:
                 skip_update(run, state)
                 continue
-            state.nonfinite_in_row = 0
-            state.update += 1
-            state.tokens += int(stats["tokens"])
-            if not isinstance(run.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                run.scheduler.step()
-            for k in ("loss", "nll", "tokens", "cells", "real"):
-                log_acc[k] += stats[k]
-            bar.update(1)
-            fault_point("update")
-
-            if state.update % tcfg.log_every == 0:
-                log_train(
-                    state, log_acc, run.optimizer, run.get_monitor(), bar, stats["grad_norm"],
-                    run.is_main,
-                )  # fmt: skip
+            count_update(run, stats, acc, bar)
             if state.update % tcfg.valid_every == 0:
                 run_validation(run)
             state.elapsed_s = time.perf_counter() - run_start
             if state.update % tcfg.save_every == 0:
                 run.save_last()
             stop_reason = finished(cfg, state)
-            # every rank takes the same exit
-            local = Decision.STOP if stop_reason else Decision.GO_ON
-            if flag.signum:
-                local = Decision.INTERRUPTED
-            decision = Decision(dist_utils.max_int(run.ctx, int(local)))
-            if decision == Decision.INTERRUPTED:
-                state.elapsed_s = time.perf_counter() - run_start
-                path = run.save_last()
-                if run.is_main:
-                    log.warning(
-                        "interrupted at update %d; saved %s. Resume with: python -m nmt.train "
-                        "resume=%s",
-                        state.update,
-                        path,
-                        path,
-                    )
-                raise TrainingInterrupted(flag.signum or signal.SIGTERM, path)
-            if decision == Decision.STOP:  # only the wall clock can differ by rank
+            if decide(run, flag, stop_reason) == Decision.STOP:
                 return stop_reason or f"reached max_time_min={tcfg.max_time_min} on another rank"
         if not updated and run.sampler.position == 0:
             raise TrainingError(
@@ -396,6 +379,41 @@ def train_loop(run: Run, flag: StopFlag, bar: tqdm) -> str:
         stop_reason = finished(cfg, state)
         if stop_reason:
             return stop_reason
+
+
+def count_update(run: Run, stats: UpdateStats, acc: LogWindow, bar: tqdm) -> None:
+    """Advance the counters and the schedule after a finite update; log every ``log_every``."""
+    state = run.state
+    state.nonfinite_in_row = 0
+    state.update += 1
+    state.tokens += stats.tokens
+    if not isinstance(run.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        run.scheduler.step()
+    acc.add(stats)
+    bar.update(1)
+    fault_point("update")
+    if state.update % run.cfg.trainer.log_every == 0:
+        log_train(run, acc, bar, stats.grad_norm)
+
+
+def decide(run: Run, flag: StopFlag, stop_reason: str) -> Decision:
+    """Every rank takes the same exit: the largest ``Decision`` over the ranks. Interrupted:
+    save ``last.pt`` and raise ``TrainingInterrupted``."""
+    local = Decision.STOP if stop_reason else Decision.GO_ON
+    if flag.signum:
+        local = Decision.INTERRUPTED
+    decision = Decision(dist_utils.max_int(run.ctx, int(local)))
+    if decision == Decision.INTERRUPTED:
+        path = run.save_last()
+        if run.is_main:
+            log.warning(
+                "interrupted at update %d; saved %s. Resume with: python -m nmt.train resume=%s",
+                run.state.update,
+                path,
+                path,
+            )
+        raise TrainingInterrupted(flag.signum or signal.SIGTERM, path)
+    return decision
 
 
 def skip_update(run: Run, state: TrainState) -> None:
@@ -457,7 +475,7 @@ def train_update(
     device: torch.device,
     precision: str,
     clip_norm: float,
-) -> dict[str, Any]:
+) -> UpdateStats:
     """One optimizer update over ``group`` (accumulated batches), normalised by the number of
     real target tokens across the group and across all ranks."""
     local_tokens = sum(b.n_tgt_tokens for b in group)
@@ -488,12 +506,7 @@ def train_update(
         real += int(batch.src_lengths.sum()) + b.n_tgt_tokens
     if scaler is not None:
         scaler.unscale_(optimizer)
-    if clip_norm > 0:
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
-    else:
-        norm = torch.linalg.vector_norm(
-            torch.stack([p.grad.norm() for p in model.parameters() if p.grad is not None])
-        )
+    norm = grad_norm_(model, clip_norm)
     values = torch.stack([loss_sum, nll_sum, norm.detach().double()])
     bad = (~torch.isfinite(values)).any().double().reshape(1)
     bad = dist_utils.max_tensor(ctx, bad)  # skip (or not) on every rank alike
@@ -510,40 +523,69 @@ def train_update(
         optimizer.step()
     else:
         optimizer.zero_grad(set_to_none=True)
-    return {
-        "finite": finite,
-        "loss": loss_f,
-        "nll": nll_f,
-        "tokens": local_tokens,
-        "grad_norm": grad_norm,
-        "cells": cells,
-        "real": real,
-    }
+    return UpdateStats(finite, loss_f, nll_f, local_tokens, grad_norm, cells, real)
 
 
-def log_train(
-    state: TrainState,
-    acc: dict[str, float],
-    optimizer: torch.optim.Optimizer,
-    monitor: Monitor,
-    bar: tqdm,
-    grad_norm: float,
-    is_main: bool,
-) -> None:
+def grad_norm_(model: nn.Module, clip_norm: float) -> torch.Tensor:
+    """The total gradient norm, clipped to ``clip_norm`` in place when that is positive."""
+    if clip_norm > 0:
+        return torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
+    grads = [p.grad.norm() for p in model.parameters() if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack(grads))
+
+
+@dataclass
+class UpdateStats:
+    """What one update did, summed over its batches (this rank's share)."""
+
+    finite: bool  # False: non-finite loss or gradient (or an fp16 step the scaler skipped)
+    loss: float  # smoothed loss sum
+    nll: float  # NLL sum
+    tokens: int  # real target tokens
+    grad_norm: float
+    cells: int  # padded cells of source and target
+    real: int  # real tokens of source and target
+
+
+@dataclass
+class LogWindow:
+    """The updates since the last log line."""
+
+    loss: float = 0.0
+    nll: float = 0.0
+    tokens: int = 0
+    cells: int = 0
+    real: int = 0
+    t0: float = field(default_factory=time.perf_counter)
+
+    def reset(self) -> None:
+        self.loss = self.nll = 0.0
+        self.tokens = self.cells = self.real = 0
+        self.t0 = time.perf_counter()
+
+    def add(self, s: UpdateStats) -> None:
+        self.loss += s.loss
+        self.nll += s.nll
+        self.tokens += s.tokens
+        self.cells += s.cells
+        self.real += s.real
+
+
+def log_train(run: Run, acc: LogWindow, bar: tqdm, grad_norm: float) -> None:
     """Log the updates since the last call (per-token figures), then reset ``acc``."""
     now = time.perf_counter()
-    tokens = max(acc["tokens"], 1)
-    loss, nll = acc["loss"] / tokens, acc["nll"] / tokens
-    lr = optimizer.param_groups[0]["lr"]
-    tps = acc["tokens"] / max(now - acc["t0"], 1e-9)
-    pad = 1.0 - acc["real"] / max(acc["cells"], 1)
-    if is_main:
+    tokens = max(acc.tokens, 1)
+    loss, nll = acc.loss / tokens, acc.nll / tokens
+    lr = run.optimizer.param_groups[0]["lr"]
+    tps = acc.tokens / max(now - acc.t0, 1e-9)
+    pad = 1.0 - acc.real / max(acc.cells, 1)
+    if run.is_main:
         bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}")
         log.info(
             "update %d epoch %d | loss %.3f nll %.3f ppl %.1f | lr %.2e | %.0f tgt tok/s | "
             "grad norm %.2f | pad %.1f%%",
-            state.update,
-            state.epoch + 1,
+            run.state.update,
+            run.state.epoch + 1,
             loss,
             nll,
             math.exp(min(nll, 50)),
@@ -552,7 +594,7 @@ def log_train(
             grad_norm,
             100 * pad,
         )
-        monitor.scalars(
+        run.get_monitor().scalars(
             {
                 "train/loss": loss,
                 "train/nll": nll,
@@ -562,6 +604,6 @@ def log_train(
                 "train/tokens_per_sec": tps,
                 "train/pad_fraction": pad,
             },
-            state.update,
+            run.state.update,
         )
-    acc.update({"loss": 0.0, "nll": 0.0, "tokens": 0, "cells": 0, "real": 0, "t0": now})
+    acc.reset()

@@ -98,7 +98,6 @@ import torch
 from torch import Tensor
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs"
 
 log = logging.getLogger("benchmark")
 
@@ -153,18 +152,10 @@ QUICK_OVERRIDES = [
 
 
 def compose_config(overrides: list[str]) -> Any:
-    """configs/train.yaml + overrides -> TrainConfig, as ``python -m nmt.train`` composes it."""
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
+    """configs/train.yaml + overrides -> TrainConfig, as ``nmt-train`` composes it."""
+    from nmt.compose import compose_train
 
-    from nmt.config import TrainConfig
-    from nmt.train import main as _register  # noqa: F401  (registers train_schema)
-
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
-    obj = OmegaConf.to_object(cfg)
-    assert isinstance(obj, TrainConfig)
-    return obj
+    return compose_train(overrides)
 
 
 # ----------------------------------------------------------------------------------- FLOPs
@@ -360,12 +351,12 @@ def make_update(arm: Arm, cfg: Any, prepared: Any, device: torch.device) -> tupl
             group, criterion, model, optimizer, scaler, ctx, device, arm.precision, ocfg.clip_norm
         )
         return {
-            "tgt": float(stats["tokens"]),
+            "tgt": float(stats.tokens),
             "src": float(sum(int(b.src_lengths.sum()) for b in group)),
             "src_cells": float(sum(b.src.numel() for b in group)),
             "tgt_cells": float(sum(b.tgt_out.numel() for b in group)),
-            "loss": float(stats["loss"]),
-            "skipped": 0.0 if stats["finite"] else 1.0,
+            "loss": float(stats.loss),
+            "skipped": 0.0 if stats.finite else 1.0,
             "flops": 3.0
             * sum(
                 forward_flops(

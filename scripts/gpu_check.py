@@ -55,7 +55,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
 
-from nmt.config import ModelConfig, OptimConfig, TrainConfig  # noqa: E402
+from nmt.compose import compose_train as compose  # noqa: E402
+from nmt.config import ModelConfig, OptimConfig  # noqa: E402
 from nmt.data import collate  # noqa: E402
 from nmt.device import set_tf32, tf32_flags  # noqa: E402
 from nmt.distributed import DistContext, no_buffer_sync  # noqa: E402
@@ -103,20 +104,6 @@ class Check:
 
 
 # ------------------------------------------------------------------------------------ helpers
-
-
-def compose(overrides: list[str]) -> TrainConfig:
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from omegaconf import OmegaConf
-
-    from nmt.train import main as _register  # noqa: F401  (registers train_schema)
-
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = hydra_compose("train", overrides=overrides)
-    obj = OmegaConf.to_object(cfg)
-    assert isinstance(obj, TrainConfig)
-    return obj
 
 
 def corpus_overrides(chk: Check) -> list[str]:
@@ -407,7 +394,7 @@ def section_nccl(chk: Check) -> dict[str, Any]:
                     "fp32",
                     1.0,
                 )
-                assert stats["finite"]
+                assert stats.finite
             params[wrapped] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         diff = max(float((params[True][k] - params[False][k]).abs().max()) for k in params[True])
         return {

@@ -16,13 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
 import nmt.train  # noqa: F401  (registers train_schema)
 from nmt import distributed as dist_utils
 from nmt.batching import BucketBatchSampler
+from nmt.compose import compose_train
 from nmt.config import TrainConfig
 from nmt.data import prepare
 from nmt.loss import Criterion
@@ -30,16 +29,6 @@ from nmt.model import build_model
 from nmt.optim import build_optimizer
 from nmt.rng import seed_everything
 from nmt.trainer import train_update, update_groups
-
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-
-
-def compose_train(overrides: list[str]) -> TrainConfig:
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
-    obj = OmegaConf.to_object(cfg)
-    assert isinstance(obj, TrainConfig)
-    return obj
 
 
 def train_updates(cfg: TrainConfig, n_updates: int) -> dict[str, Any]:
@@ -75,7 +64,7 @@ def train_updates(cfg: TrainConfig, n_updates: int) -> dict[str, Any]:
         stats = train_update(
             group, criterion, model, optimizer, None, ctx, ctx.device, "fp32", cfg.optim.clip_norm
         )
-        assert stats["finite"]
+        assert stats.finite
         batches.append(sorted(int(i) for b in group for i in b.index))
     assert len(batches) == n_updates, "the test wants more updates than one epoch holds"
     params = {k: v.detach().clone() for k, v in model.state_dict().items()}

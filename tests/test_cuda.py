@@ -143,8 +143,8 @@ def test_mixed_precision_updates_are_finite(precision: str) -> None:
         stats = train_update(
             [make_batch()], criterion, model, optimizer, scaler, ctx, dev, precision, 1.0
         )
-        if stats["finite"]:
-            losses.append(stats["loss"])
+        if stats.finite:
+            losses.append(stats.loss)
     assert len(losses) >= 15 and losses[-1] < losses[0]
 
 

@@ -120,11 +120,11 @@ def test_skipped_fp16_step_is_not_an_update() -> None:
     scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
     poison = model.output.bias.register_hook(lambda g: g * float("nan"))
     stats = train_update([batch], criterion, model, optimizer, scaler, ctx, cpu, "fp32", 1.0)
-    assert not stats["finite"] and scaler.get_scale() == 512.0
+    assert not stats.finite and scaler.get_scale() == 512.0
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     poison.remove()
     stats = train_update([batch], criterion, model, optimizer, scaler, ctx, cpu, "fp32", 1.0)
-    assert stats["finite"] and scaler.get_scale() == 512.0
+    assert stats.finite and scaler.get_scale() == 512.0
     assert not all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 

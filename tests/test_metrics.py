@@ -12,6 +12,7 @@ import pytest
 import sacrebleu
 from sacrebleu.metrics import BLEU, CHRF
 
+from nmt.compose import compose_train as _compose_train
 from nmt.config import MetricsConfig
 from nmt.metrics import MetricError, check_settings, paired_test, sacrebleu_json, score
 
@@ -226,17 +227,6 @@ def test_paired_test_rejects_bad_requests() -> None:
 
 
 # ------------------------------------------------------------------------ in training
-
-
-def _compose_train(overrides: list[str]):  # type: ignore[no-untyped-def]
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    from nmt.train import main as _register  # noqa: F401  (registers train_schema)
-
-    root = Path(__file__).resolve().parents[1]
-    with initialize_config_dir(config_dir=str(root / "configs"), version_base="1.3"):
-        return OmegaConf.to_object(compose("train", overrides=overrides))
 
 
 def test_training_scores_in_the_target_language(

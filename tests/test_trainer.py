@@ -13,24 +13,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
 from nmt.checkpoint import CheckpointError, load_checkpoint, load_model
-from nmt.config import TrainConfig
+from nmt.compose import compose_train
 from nmt.train import main as _register  # noqa: F401  (registers train_schema)
 from nmt.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
-
-
-def compose_train(overrides: list[str]) -> TrainConfig:
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
-    obj = OmegaConf.to_object(cfg)
-    assert isinstance(obj, TrainConfig)
-    return obj
 
 
 @pytest.fixture(scope="module")

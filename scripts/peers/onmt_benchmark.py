@@ -234,15 +234,10 @@ def child_env(threads: int, extra: dict[str, str] | None = None) -> dict[str, st
 
 
 def compose_train_config(overrides: list[str]) -> Any:
-    """``nmt/configs/train.yaml`` + overrides, as ``python -m nmt.train`` composes it."""
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
+    """``nmt/configs/train.yaml`` + overrides, as ``nmt-train`` composes it."""
+    from nmt.compose import compose_train
 
-    from nmt.train import main as _register  # noqa: F401  (registers train_schema)
-
-    with initialize_config_dir(config_dir=str(ROOT / "nmt" / "configs"), version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
-    return OmegaConf.to_object(cfg)
+    return compose_train(overrides)
 
 
 def prepare_data(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
