@@ -29,6 +29,7 @@ next prepare in that cache_dir.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import itertools
 import json
@@ -154,8 +155,20 @@ class _Task:
 _worker_tok: Tokenizer | None = None
 
 
+def _die_with_parent() -> None:
+    """Linux: have the kernel SIGKILL this worker when the process that started it dies, so a
+    killed prepare leaves no worker writing into its temporary directory."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+
 def _init_worker(tok_bytes: dict) -> None:
     global _worker_tok
+    _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and cleans up
     _worker_tok = Tokenizer.from_bytes(tok_bytes)
 

@@ -42,8 +42,9 @@ def split_lines(text: str) -> list[str]:
     return _split(text)
 
 
-def _blocks(f: BinaryIO, size: int = BLOCK) -> Iterator[tuple[int, bytes]]:
+def _blocks(f: BinaryIO) -> Iterator[tuple[int, bytes]]:
     """(byte offset, bytes) pieces of a file, each ending with a newline except maybe the last."""
+    size = BLOCK
     offset = 0
     rest = b""
     while True:

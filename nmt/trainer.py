@@ -206,8 +206,8 @@ def validate(
 ) -> dict[str, Any]:
     """Dev loss/perplexity and dev translation scored with sacrebleu against raw references."""
     tok = prepared.tokenizer
-    dataset = prepared.dataset(cfg.data.dev)
-    src_lines, ref_lines = prepared.raw(cfg.data.dev)
+    dataset = prepared.dataset("dev")
+    src_lines, ref_lines = prepared.raw("dev")
     n = cfg.trainer.valid_max_sentences
     if n > 0:
         src_lines, ref_lines = src_lines[:n], ref_lines[:n]
@@ -383,7 +383,7 @@ def train(cfg: TrainConfig, out_dir: Path) -> dict[str, Any]:
     with dist_utils.main_first(ctx):
         prepared = prepare(cfg.data, cfg.tokenizer)
     tok = prepared.tokenizer
-    train_set = prepared.dataset(cfg.data.train)
+    train_set = prepared.dataset("train")
     data_id = (tok.fingerprint(), len(train_set))
     if dist_utils.any_rank(ctx, dist_utils.broadcast_object(ctx, data_id) != data_id):
         raise TrainingError(
@@ -825,7 +825,7 @@ def evaluate_test(
     if best.is_file():
         model.load_state_dict(load_checkpoint(best)["model"])
     model.eval()
-    src, ref = prepared.raw(cfg.data.test)
+    src, ref = prepared.raw("test")
     hyps = translate_lines(model, prepared.tokenizer, src, cfg.decode, device)
     texts = prepared.tokenizer.decode_tgt([h[0].tokens for h in hyps])
     hyp_path = out_dir / f"test.hyp.{cfg.data.tgt}"
