@@ -166,11 +166,20 @@ def _die_with_parent() -> None:
             pass
 
 
-def _init_worker(tok_bytes: dict) -> None:
-    global _worker_tok
+def _init_child() -> None:
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and cleans up
+
+
+def _init_worker(tok_bytes: dict) -> None:
+    global _worker_tok
+    _init_child()
     _worker_tok = Tokenizer.from_bytes(tok_bytes)
+
+
+def _context() -> mp.context.BaseContext:
+    """fork where there is one (no re-import of the caller's modules), else spawn."""
+    return mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
 
 
 def _id_dtype(vocab_size: int) -> type[np.integer]:
@@ -251,9 +260,9 @@ def _run_tasks(tasks: list[_Task], tokenizer: Tokenizer, workers: int) -> Iterat
         for task in tasks:
             yield _encode_chunk(task, tokenizer)
         return
-    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    ctx = mp.get_context(method)
-    with ctx.Pool(workers, _init_worker, (tokenizer.to_bytes(),), maxtasksperchild=None) as pool:
+    with _context().Pool(
+        workers, _init_worker, (tokenizer.to_bytes(),), maxtasksperchild=None
+    ) as pool:
         yield from pool.imap_unordered(_encode_chunk, tasks)
 
 
@@ -352,12 +361,20 @@ def _scan_all(
     return scans, digests
 
 
+def _spm_child(tok: TokenizerConfig, src: Path, tgt: Path, out: Path, threads: int) -> dict:
+    return Tokenizer.train(tok, [src], [tgt], out, num_threads=threads).to_bytes()
+
+
 def _train_tokenizer(
     out: Path, paths: dict[str, tuple[Path, Path]], data: DataConfig, tok: TokenizerConfig
 ) -> Tokenizer:
+    """SentencePiece on the train split, in a child process: Ctrl-C need not wait for the
+    trainer's C++ loop, and its memory (the sentence sample) is returned when it exits."""
     train_src, train_tgt = paths["train"]
     try:
-        return Tokenizer.train(tok, [train_src], [train_tgt], out, num_threads=data.num_threads)
+        with _context().Pool(1, _init_child) as pool:
+            args = (tok, train_src, train_tgt, out, data.num_threads)
+            return Tokenizer.from_bytes(pool.apply_async(_spm_child, args).get())
     except RuntimeError as e:  # e.g. vocabulary too large for the corpus
         reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
         raise DataError(
