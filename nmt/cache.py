@@ -263,7 +263,14 @@ def _run_tasks(tasks: list[_Task], tokenizer: Tokenizer, workers: int) -> Iterat
     with _context().Pool(
         workers, _init_worker, (tokenizer.to_bytes(),), maxtasksperchild=None
     ) as pool:
-        yield from pool.imap_unordered(_encode_chunk, tasks)
+        results = pool.imap_unordered(_encode_chunk, tasks)
+        while True:  # a wait without a timeout would not see Ctrl-C
+            try:
+                yield results.next(timeout=0.2)
+            except mp.TimeoutError:
+                continue
+            except StopIteration:
+                return
 
 
 # ---------------------------------------------------------------------------------------------
@@ -374,7 +381,12 @@ def _train_tokenizer(
     try:
         with _context().Pool(1, _init_child) as pool:
             args = (tok, train_src, train_tgt, out, data.num_threads)
-            return Tokenizer.from_bytes(pool.apply_async(_spm_child, args).get())
+            result = pool.apply_async(_spm_child, args)
+            while True:  # a wait without a timeout would not see Ctrl-C
+                try:
+                    return Tokenizer.from_bytes(result.get(timeout=0.2))
+                except mp.TimeoutError:
+                    pass
     except RuntimeError as e:  # e.g. vocabulary too large for the corpus
         reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
         raise DataError(

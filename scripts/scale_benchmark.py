@@ -179,6 +179,11 @@ def train_child(args: argparse.Namespace) -> None:
     t_import = time.perf_counter()
     cfg = TrainConfig(data=DataConfig(dir=args.data, src=args.src, tgt=args.tgt))
     cfg.data.cache_dir = args.cache
+    for override in args.prepare_args.split():  # tokenizer.x=v / data.x=v, as prepare had them
+        group, _, rest = override.partition(".")
+        name, _, value = rest.partition("=")
+        section = getattr(cfg, group)
+        setattr(section, name, type(getattr(section, name))(value))
     if args.model == "small":  # the data's share of memory is what grows with N
         cfg.model.emb_size, cfg.model.enc_hidden, cfg.model.dec_hidden = 64, 64, 128
     times = {"import_s": t_import - t_start}
@@ -241,6 +246,11 @@ def main() -> None:
     )
     p.add_argument("--work", default="/tmp/nmt-scale")
     p.add_argument("--json", default=None)
+    p.add_argument(
+        "--prepare-args",
+        default="",
+        help="more nmt.prepare overrides, e.g. tokenizer.input_sentence_size=500000",
+    )
     p.add_argument("--clean", action="store_true")
     p.add_argument("--skip-train", action="store_true")
     p.add_argument("--train-child", action="store_true", help=argparse.SUPPRESS)
@@ -278,6 +288,7 @@ def main() -> None:
                 f"data.tgt={args.tgt}",
                 f"data.cache_dir={cache}",
                 f"data.num_workers={workers}",
+                *args.prepare_args.split(),
             ]
             log = work / f"prepare-{size:g}M-w{workers}.log"
             m = run_measured(cmd, log)
@@ -291,7 +302,9 @@ def main() -> None:
                 "phases_s": summary["time_s"],
                 "encode_pairs_per_s": round(pairs / summary["time_s"]["encode"]),
                 "cache_mb": round(dir_mb(built)),
-                "text_mb": round(sum(dir_mb(data / f"train.{x}") for x in (args.src, args.tgt))),
+                "text_mb": round(
+                    sum((data / f"train.{x}").stat().st_size for x in (args.src, args.tgt)) / 1e6
+                ),
             }
             print(f"[{size:g}M w{workers}] {json.dumps(row)}", file=sys.stderr)
             if not args.skip_train and workers == (worker_counts[-1] if size == sizes[0] else 0):
@@ -306,6 +319,7 @@ def main() -> None:
                     f"--updates={args.updates}",
                     f"--threads={args.threads}",
                     f"--model={args.model}",
+                    f"--prepare-args={args.prepare_args}",
                 ]
                 log = work / f"train-{size:g}M.log"
                 m = run_measured(cmd, log)
