@@ -61,6 +61,7 @@ logger = logging.getLogger(__name__)
 CACHE_VERSION = 1
 SUMMARY = "summary.json"
 CHUNK_LINES = 50_000  # aligned pairs per encoding task
+SMALL_BYTES = 1 << 20  # train text below this: SentencePiece in this process
 _TMP = re.compile(r"^\.tmp-[0-9a-f]{20}-(?P<host>[A-Za-z0-9._]+)-(?P<pid>[0-9]+)-[a-z0-9_]{8}$")
 
 
@@ -178,8 +179,14 @@ def _init_worker(tok_bytes: dict) -> None:
 
 
 def _context() -> mp.context.BaseContext:
-    """fork where there is one (no re-import of the caller's modules), else spawn."""
-    return mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    """forkserver where there is one: children are forked from a fresh single-threaded server
+    (forking the caller, which may run torch or other threads, can deadlock a child) that
+    preloads only this module; else spawn."""
+    if "forkserver" in mp.get_all_start_methods():
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(["nmt.cache"])
+        return ctx
+    return mp.get_context("spawn")
 
 
 def _id_dtype(vocab_size: int) -> type[np.integer]:
@@ -255,8 +262,9 @@ def _tasks(
 
 
 def _run_tasks(tasks: list[_Task], tokenizer: Tokenizer, workers: int) -> Iterator[dict]:
-    """Results of every task, in completion order; `workers` processes (1: this process)."""
-    if workers <= 1 or len(tasks) <= 1:
+    """Results of every task, in completion order; `workers` processes (1: this process).
+    Up to one task per split (a small corpus) runs here too: no processes to start."""
+    if workers <= 1 or len(tasks) <= len(SPLITS):
         for task in tasks:
             yield _encode_chunk(task, tokenizer)
         return
@@ -376,9 +384,12 @@ def _train_tokenizer(
     out: Path, paths: dict[str, tuple[Path, Path]], data: DataConfig, tok: TokenizerConfig
 ) -> Tokenizer:
     """SentencePiece on the train split, in a child process: Ctrl-C need not wait for the
-    trainer's C++ loop, and its memory (the sentence sample) is returned when it exits."""
+    trainer's C++ loop, and its memory (the sentence sample) is returned when it exits.
+    Small corpora (a few seconds of training) train in this process."""
     train_src, train_tgt = paths["train"]
     try:
+        if train_src.stat().st_size + train_tgt.stat().st_size < SMALL_BYTES:
+            return Tokenizer.train(tok, [train_src], [train_tgt], out, data.num_threads)
         with _context().Pool(1, _init_child) as pool:
             args = (tok, train_src, train_tgt, out, data.num_threads)
             result = pool.apply_async(_spm_child, args)
