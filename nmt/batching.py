@@ -33,6 +33,68 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 
+def cut_bounds(
+    order: np.ndarray,
+    src_lengths: np.ndarray,
+    tgt_lengths: np.ndarray,
+    max_tokens: int,
+    max_sentences: int = 0,
+    extra_tokens: int = 1,
+    pool_size: int = 0,
+) -> np.ndarray:
+    """Where `cut_batches` cuts, as positions: the start in `order` of every batch, then
+    len(order). With pool_size > 0, each consecutive slice of pool_size is cut on its own.
+
+    Vectorized across pools: every step cuts the next batch of all pools at once, looking at a
+    window of the next examples (cumulative maxima of the lengths; the budget test is monotone
+    in the batch size, so the first failing position is the batch size), widening the window
+    for the pools whose batch does not end inside it.
+    """
+    n = len(order)
+    if n == 0:
+        return np.zeros(1, dtype=np.int64)
+    m = pool_size if 0 < pool_size < n else n
+    n_pools = -(-n // m)
+    flat_src = np.zeros(n_pools * m, dtype=np.int64)
+    flat_tgt = np.zeros(n_pools * m, dtype=np.int64)
+    flat_src[:n] = src_lengths[order] + extra_tokens  # padded cells per row
+    flat_tgt[:n] = tgt_lengths[order] + extra_tokens
+    src, tgt = flat_src.reshape(n_pools, m), flat_tgt.reshape(n_pools, m)
+    end = np.full(n_pools, m, dtype=np.int64)
+    end[-1] = n - (n_pools - 1) * m
+    pos = np.zeros(n_pools, dtype=np.int64)
+    active = np.arange(n_pools)
+    starts = []
+    width = 32
+    while len(active):
+        here = pos[active]
+        starts.append(active * m + here)
+        size = np.zeros(len(active), dtype=np.int64)
+        todo = np.arange(len(active))
+        w = width
+        while len(todo):
+            rows, first = active[todo], here[todo]
+            cols = first[:, None] + np.arange(w)[None, :]
+            inside = cols < end[rows][:, None]
+            cols = np.minimum(cols, m - 1)
+            k = np.arange(1, w + 1)[None, :]
+            ok = inside & (
+                k * np.maximum.accumulate(src[rows[:, None], cols], axis=1) <= max_tokens
+            )
+            ok &= k * np.maximum.accumulate(tgt[rows[:, None], cols], axis=1) <= max_tokens
+            if max_sentences > 0:
+                ok &= k <= max_sentences
+            ended = ~ok.all(axis=1)
+            size[todo[ended]] = np.maximum(np.argmin(ok[ended], axis=1), 1)
+            todo = todo[~ended]
+            w *= 4
+        width = max(32, 2 * int(np.median(size)))
+        pos[active] = here + size
+        active = active[pos[active] < end[active]]
+    bounds = np.sort(np.concatenate(starts))
+    return np.append(bounds, n)
+
+
 def cut_batches(
     order: np.ndarray,
     src_lengths: np.ndarray,
@@ -47,29 +109,9 @@ def cut_batches(
     the same on the target side (n = batch size after adding it), and `n <= max_sentences` when
     max_sentences > 0. A batch always takes at least one example.
     """
-    batches: list[list[int]] = []
-    current: list[int] = []
-    max_src = max_tgt = 0
-    for i, s, t in zip(
-        order.tolist(), src_lengths[order].tolist(), tgt_lengths[order].tolist(), strict=True
-    ):
-        n = len(current) + 1
-        new_src = max(max_src, s)
-        new_tgt = max(max_tgt, t)
-        if current and (
-            n * (new_src + extra_tokens) > max_tokens
-            or n * (new_tgt + extra_tokens) > max_tokens
-            or 0 < max_sentences < n
-        ):
-            batches.append(current)
-            current = [i]
-            max_src, max_tgt = s, t
-        else:
-            current.append(i)
-            max_src, max_tgt = new_src, new_tgt
-    if current:
-        batches.append(current)
-    return batches
+    bounds = cut_bounds(order, src_lengths, tgt_lengths, max_tokens, max_sentences, extra_tokens)
+    flat = order.tolist()
+    return [flat[a:b] for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True)]
 
 
 def sort_pool(
@@ -98,6 +140,89 @@ def sort_pool(
     strip = np.floor(np.cumsum(cost) / strip_factor).astype(np.int64)
     tgt_key = np.where(strip % 2 == 0, tgt, -tgt)
     return order[np.lexsort((src, tgt_key, strip))]
+
+
+def sort_pools(
+    perm: np.ndarray,
+    pool_size: int,
+    src_lengths: np.ndarray,
+    tgt_lengths: np.ndarray,
+    max_tokens: int,
+    max_sentences: int = 0,
+    strip_factor: int = 8,
+    extra_tokens: int = 1,
+) -> np.ndarray:
+    """`sort_pool` applied to every consecutive slice of pool_size of `perm`, concatenated:
+    two stable sorts of the whole array on composite integer keys (pool, source length, target
+    length), then (pool, strip, +-target length, source length), not one pair per pool."""
+    n = len(perm)
+    if n == 0:
+        return perm
+    m = pool_size if 0 < pool_size < n else n
+    n_pools = -(-n // m)
+    pool = np.arange(n, dtype=np.int64) // m
+    src, tgt = src_lengths[perm], tgt_lengths[perm]
+    s_span, t_span = int(src.max()) + 1, int(tgt.max()) + 1
+    if n_pools * s_span * t_span >= 2**62 or min(src.min(), tgt.min()) < 0:
+        return _sort_each(
+            perm, m, src_lengths, tgt_lengths, max_tokens, max_sentences, strip_factor, extra_tokens
+        )
+    idx = np.argsort((pool * s_span + src) * t_span + tgt, kind="stable")
+    order, src, tgt = perm[idx], src[idx], tgt[idx]
+    if strip_factor <= 0:
+        return order
+    cost = np.zeros(n_pools * m)
+    cost[:n] = (np.maximum(src, tgt) + extra_tokens) / max_tokens
+    if max_sentences > 0:
+        cost[:n] = np.maximum(cost[:n], 1.0 / max_sentences)
+    cumulative = np.cumsum(cost.reshape(n_pools, m), axis=1).reshape(-1)[:n]
+    strip = np.floor(cumulative / strip_factor).astype(np.int64)
+    k_span = int(strip.max()) + 1
+    if n_pools * k_span * (2 * t_span + 1) * s_span >= 2**62:
+        return _sort_each(
+            perm, m, src_lengths, tgt_lengths, max_tokens, max_sentences, strip_factor, extra_tokens
+        )
+    tgt_key = np.where(strip % 2 == 0, tgt, -tgt) + t_span
+    key = ((pool * k_span + strip) * (2 * t_span + 1) + tgt_key) * s_span + src
+    return order[np.argsort(key, kind="stable")]
+
+
+def _sort_each(
+    perm: np.ndarray,
+    m: int,
+    src_lengths: np.ndarray,
+    tgt_lengths: np.ndarray,
+    max_tokens: int,
+    max_sentences: int,
+    strip_factor: int,
+    extra_tokens: int,
+) -> np.ndarray:
+    """sort_pools one pool at a time (keys too wide for one int64)."""
+    return np.concatenate(
+        [
+            sort_pool(
+                perm[i : i + m],
+                src_lengths,
+                tgt_lengths,
+                max_tokens,
+                max_sentences,
+                strip_factor,
+                extra_tokens,
+            )
+            for i in range(0, len(perm), m)
+        ]
+    )
+
+
+def _select(
+    order: np.ndarray, bounds: np.ndarray, sel: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Batches sel[0], sel[1], ... of (order, bounds), as a new (order, bounds)."""
+    lengths = np.diff(bounds)[sel]
+    new_bounds = np.zeros(len(sel) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=new_bounds[1:])
+    idx = np.repeat(bounds[sel] - new_bounds[:-1], lengths) + np.arange(new_bounds[-1])
+    return order[idx], new_bounds
 
 
 class BucketBatchSampler:
@@ -146,7 +271,7 @@ class BucketBatchSampler:
         self.epoch = 1
         self.position = 0
         self.pool_size = self._pool_size()
-        self._cache: tuple[int, list[list[int]]] | None = None
+        self._cache: tuple[int, np.ndarray, np.ndarray] | None = None
 
     def _pool_size(self) -> int:
         """pool_factor batches' worth of examples, from the mean padded cost of an example;
@@ -160,47 +285,49 @@ class BucketBatchSampler:
             per_batch = min(per_batch, self.max_sentences)
         return max(1, self.pool_factor * per_batch)
 
-    def _global_batches(self, epoch: int) -> list[list[int]]:
-        """Every rank's batches of `epoch`, in yield order, before sharding."""
+    def _epoch(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """This rank's batches of `epoch` in yield order, as (indices, bounds): batch j is
+        indices[bounds[j]:bounds[j + 1]]. Two int64 arrays, not Python lists, so an epoch of
+        tens of millions of pairs costs 8 bytes a pair."""
         src, tgt = self.src_lengths, self.tgt_lengths
         if not self.shuffle:
-            return self._cut(np.lexsort((np.arange(len(src)), tgt, src)))  # last key is primary
-        rng = np.random.default_rng((self.seed, epoch))
-        perm = rng.permutation(len(src))
-        batches: list[list[int]] = []
-        for start in range(0, len(perm), self.pool_size):
-            batches.extend(self._cut(self._sort(perm[start : start + self.pool_size])))
-        batch_order = rng.permutation(len(batches))
-        return [batches[i] for i in batch_order.tolist()]
+            order = np.lexsort((np.arange(len(src)), tgt, src))  # last key is primary
+            bounds = self._cut(order, 0)
+            sel = np.arange(len(bounds) - 1)
+        else:
+            rng = np.random.default_rng((self.seed, epoch))
+            perm = rng.permutation(len(src))
+            order = sort_pools(
+                perm,
+                self.pool_size,
+                src,
+                tgt,
+                self.max_tokens,
+                self.max_sentences,
+                self.strip_factor,
+                self.extra_tokens,
+            )
+            bounds = self._cut(order, self.pool_size)
+            sel = rng.permutation(len(bounds) - 1)
+        usable = len(sel) - len(sel) % self.num_replicas
+        return _select(order, bounds, sel[self.rank : usable : self.num_replicas])
 
-    def _sort(self, pool: np.ndarray) -> np.ndarray:
-        return sort_pool(
-            pool,
-            self.src_lengths,
-            self.tgt_lengths,
-            self.max_tokens,
-            self.max_sentences,
-            self.strip_factor,
-            self.extra_tokens,
-        )
-
-    def _cut(self, order: np.ndarray) -> list[list[int]]:
-        return cut_batches(
+    def _cut(self, order: np.ndarray, pool_size: int) -> np.ndarray:
+        return cut_bounds(
             order,
             self.src_lengths,
             self.tgt_lengths,
             self.max_tokens,
             self.max_sentences,
             self.extra_tokens,
+            pool_size,
         )
 
-    def _batches(self) -> list[list[int]]:
+    def _batches(self) -> tuple[np.ndarray, np.ndarray]:
         """This rank's batches of the current epoch (cached per epoch)."""
         if self._cache is None or self._cache[0] != self.epoch:
-            batches = self._global_batches(self.epoch)
-            usable = len(batches) - len(batches) % self.num_replicas
-            self._cache = (self.epoch, batches[self.rank : usable : self.num_replicas])
-        return self._cache[1]
+            self._cache = (self.epoch, *self._epoch(self.epoch))
+        return self._cache[1], self._cache[2]
 
     def set_epoch(self, epoch: int) -> None:
         """Move to `epoch` (position 0); the current epoch keeps its position."""
@@ -210,18 +337,18 @@ class BucketBatchSampler:
 
     def __iter__(self) -> Iterator[list[int]]:
         """Yield the current epoch's batches from the stored position on."""
-        batches = self._batches()
-        while self.position < len(batches):
-            batch = batches[self.position]
+        order, bounds = self._batches()
+        while self.position < len(bounds) - 1:
+            batch = order[bounds[self.position] : bounds[self.position + 1]].tolist()
             self.position += 1
-            yield list(batch)
+            yield batch
         self.epoch += 1
         self.position = 0
 
     def __len__(self) -> int:
         """Batches this rank yields in the current epoch (from position 0). Once an epoch has
         been iterated to its end, the current epoch is the next one."""
-        return len(self._batches())
+        return len(self._batches()[1]) - 1
 
     def state_dict(self) -> dict:
         """Epoch, position and the settings that define the batches (plain python types)."""

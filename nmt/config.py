@@ -63,7 +63,8 @@ class DataConfig:
     cache_dir: str = "data/cache"
     max_len: int = 100  # subword tokens per side; longer training pairs are dropped (counted)
     max_ratio: float = 3.0  # longer/shorter subword length ratio above which a pair is dropped
-    num_threads: int = 0  # SentencePiece encoding threads; 0 = all cores
+    num_threads: int = 0  # SentencePiece training threads; 0 = all cores
+    num_workers: int = 0  # prepare's encoding processes, one chunk of pairs each; 0 = all cores
 
     def check(self, p: str = "data") -> None:
         for key in ("dir", "src", "tgt", "train", "dev", "test", "cache_dir"):

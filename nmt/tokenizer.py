@@ -17,6 +17,8 @@ from pathlib import Path
 import sentencepiece as spm
 
 from nmt.config import ConfigError, TokenizerConfig
+from nmt.textio import iter_lines
+from nmt.textio import split_lines as split_lines  # re-exported
 
 logger = logging.getLogger(__name__)
 
@@ -30,21 +32,9 @@ def resolve_threads(num_threads: int) -> int:
     return num_threads if num_threads > 0 else (os.cpu_count() or 1)
 
 
-def split_lines(text: str) -> list[str]:
-    """Split text on '\\n' only, like `wc -l` (not str.splitlines, which also splits on
-    U+2028, form feeds, ...). A leading BOM, a trailing '\\r' per line and the empty string
-    after a final newline are dropped."""
-    if text.startswith("\ufeff"):
-        text = text[1:]
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    return [line[:-1] if line.endswith("\r") else line for line in lines]
-
-
 def _iter_files(files: list[Path]) -> Iterator[str]:
     for path in files:
-        yield from split_lines(path.read_bytes().decode("utf-8"))
+        yield from iter_lines(path)
 
 
 def _train_model(cfg: TokenizerConfig, files: list[Path], num_threads: int) -> bytes:

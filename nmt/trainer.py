@@ -224,7 +224,7 @@ def setup_data(
     """The prepared cache (rank 0 builds it, the others then find it) and the sampler."""
     with dist_utils.main_first(ctx):
         prepared = prepare(cfg.data, cfg.tokenizer)
-    train_set = prepared.dataset(cfg.data.train)
+    train_set = prepared.dataset("train")
     data_id = (prepared.tokenizer.fingerprint(), len(train_set))
     if dist_utils.any_rank(ctx, dist_utils.broadcast_object(ctx, data_id) != data_id):
         raise TrainingError(

@@ -81,8 +81,8 @@ def validate(
 ) -> dict[str, Any]:
     """Dev loss/perplexity and dev translation scored with sacrebleu against raw references."""
     tok = prepared.tokenizer
-    dataset = prepared.dataset(cfg.data.dev)
-    src_lines, ref_lines = prepared.raw(cfg.data.dev)
+    dataset = prepared.dataset("dev")
+    src_lines, ref_lines = prepared.raw("dev")
     n = cfg.trainer.valid_max_sentences
     if n > 0:
         src_lines, ref_lines = src_lines[:n], ref_lines[:n]
@@ -179,7 +179,7 @@ def evaluate_test(run: Run) -> dict[str, Any]:
     if best.is_file():
         model.load_state_dict(load_checkpoint(best)["model"])
     model.eval()
-    src, ref = prepared.raw(cfg.data.test)
+    src, ref = prepared.raw("test")
     hyps = translate_lines(model, prepared.tokenizer, src, cfg.decode, run.device)
     texts = prepared.tokenizer.decode_tgt([h[0].tokens for h in hyps])
     hyp_path = out_dir / f"test.hyp.{cfg.data.tgt}"

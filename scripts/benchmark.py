@@ -328,7 +328,7 @@ def make_update(arm: Arm, cfg: Any, prepared: Any, device: torch.device) -> tupl
 
     tcfg, ocfg, tok = cfg.trainer, cfg.optim, prepared.tokenizer
     model_cfg = replace(cfg.model, input_feeding=arm.input_feeding, rnn_impl=arm.rnn_impl)
-    train_set = prepared.dataset(cfg.data.train)
+    train_set = prepared.dataset("train")
     batches = make_batches(arm, train_set, tcfg)
     model = build_model(model_cfg, tok.src_vocab_size, tok.tgt_vocab_size, tok.pad_id).to(device)
     if arm.encoder == "padded":  # this instance only; see padded_encoder_forward
@@ -473,7 +473,7 @@ def run_decode(
 
         model, tok, _ = load_model(spec["decode_checkpoint"], device)
         source = f"checkpoint {spec['decode_checkpoint']}"
-    src_lines, ref_lines = prepared.raw(cfg.data.dev)
+    src_lines, ref_lines = prepared.raw("dev")
     keep = [i for i, line in enumerate(src_lines[: spec["decode_sentences"]]) if line.strip()]
     ids = tok.encode_src([src_lines[i] for i in keep])
     refs = tok.encode_tgt([ref_lines[i] for i in keep])

@@ -40,7 +40,7 @@ def train_updates(cfg: TrainConfig, n_updates: int) -> dict[str, Any]:
     with dist_utils.main_first(ctx):
         prepared = prepare(cfg.data, cfg.tokenizer)
     tok = prepared.tokenizer
-    train_set = prepared.dataset(cfg.data.train)
+    train_set = prepared.dataset("train")
     sampler = BucketBatchSampler(
         train_set.src_lengths,
         train_set.tgt_lengths,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nmt.batching import BucketBatchSampler, cut_batches, sort_pool
+from nmt.batching import BucketBatchSampler, cut_batches, cut_bounds, sort_pool
 
 MAX_TOKENS = 200
 
@@ -196,3 +196,75 @@ def test_bucketing_pads_less_than_random(lengths):
 def test_state_dict_is_plain_python(lengths):
     state = sampler(lengths).state_dict()
     assert all(isinstance(v, int | bool) for v in state.values())
+
+
+# ---------------------------------------------------------------------------------------------
+# the vectorized epoch (sort_pools, cut_bounds, compact batches) against the per-example loop
+
+
+def reference_cut(
+    order: np.ndarray, src: np.ndarray, tgt: np.ndarray, max_tokens: int, max_sentences: int = 0
+) -> list[list[int]]:
+    """The greedy cut as a plain loop over examples."""
+    batches: list[list[int]] = []
+    for i in order.tolist():
+        if batches:
+            grown = batches[-1] + [i]
+            n = len(grown)
+            if (
+                n * (int(src[grown].max()) + 1) <= max_tokens
+                and n * (int(tgt[grown].max()) + 1) <= max_tokens
+                and not 0 < max_sentences < n
+            ):
+                batches[-1] = grown
+                continue
+        batches.append([i])
+    return batches
+
+
+def reference_epoch(s: BucketBatchSampler, epoch: int) -> list[list[int]]:
+    """Steps 1-5 of the module docstring, one pool at a time with Python lists."""
+    src, tgt = s.src_lengths, s.tgt_lengths
+    rng = np.random.default_rng((s.seed, epoch))
+    perm = rng.permutation(len(src))
+    batches: list[list[int]] = []
+    for start in range(0, len(perm), s.pool_size):
+        pool = perm[start : start + s.pool_size]
+        order = sort_pool(pool, src, tgt, s.max_tokens, s.max_sentences, s.strip_factor)
+        batches.extend(reference_cut(order, src, tgt, s.max_tokens, s.max_sentences))
+    batches = [batches[i] for i in rng.permutation(len(batches)).tolist()]
+    usable = len(batches) - len(batches) % s.num_replicas
+    return batches[s.rank : usable : s.num_replicas]
+
+
+@pytest.mark.parametrize(
+    "max_sentences, pool_factor, num_replicas, rank",
+    [(0, 4, 1, 0), (9, 1, 1, 0), (0, 50, 3, 2), (0, 0, 2, 1)],
+)
+def test_epoch_matches_reference(lengths, max_sentences, pool_factor, num_replicas, rank):
+    s = sampler(
+        lengths,
+        max_sentences=max_sentences,
+        pool_factor=pool_factor,
+        num_replicas=num_replicas,
+        rank=rank,
+    )
+    for epoch in (1, 2):
+        s.set_epoch(epoch)
+        assert list(s) == reference_epoch(s, epoch)
+
+
+def test_cut_bounds_per_pool_matches_loop(lengths):
+    src, tgt = lengths
+    order = np.random.default_rng(3).permutation(len(src))
+    for pool_size, max_sentences in ((0, 0), (37, 0), (200, 5), (1, 0)):
+        bounds = cut_bounds(order, src, tgt, MAX_TOKENS, max_sentences, pool_size=pool_size)
+        got = [order[a:b].tolist() for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        step = pool_size or len(order)
+        expected = [
+            b
+            for i in range(0, len(order), step)
+            for b in reference_cut(order[i : i + step], src, tgt, MAX_TOKENS, max_sentences)
+        ]
+        assert got == expected
+    assert cut_bounds(order[:0], src, tgt, MAX_TOKENS).tolist() == [0]

@@ -1,7 +1,8 @@
-"""read_parallel validation, ParallelDataset storage, collate/Batch layout."""
+"""read_parallel validation, streaming reads (blocks, chunks), ParallelDataset storage, collate/Batch layout."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 
@@ -9,7 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from nmt import textio
 from nmt.data import Batch, DataError, ParallelDataset, collate, read_parallel
+from nmt.tokenizer import split_lines
 
 # deliberately not the defaults (0..3), so a hard-coded id shows up
 PAD, BOS, EOS = 7, 5, 6
@@ -154,3 +157,43 @@ def test_batch_to_keeps_lengths_on_cpu():
     b = collate(examples(), PAD, BOS, EOS).to("cpu")
     assert b.src_lengths.device.type == "cpu"
     assert isinstance(b, Batch) and b.tgt_out.shape == (4, 4)
+
+
+# ---------------------------------------------------------------------------------------------
+# streaming reads (nmt.textio): blocks cut at newlines, chunk offsets, errors across blocks
+
+
+@pytest.fixture
+def tiny_blocks(monkeypatch):
+    monkeypatch.setattr(textio, "BLOCK", 16)  # many blocks even for a few lines
+
+
+TRICKY = "\ufeffuno\r\ndós\n\n" + "x" * 50 + "\ntres\u2028bis\x0cx\r\n\ufeffcuatro\ncinco"
+
+
+@pytest.mark.parametrize("text", [TRICKY, TRICKY + "\n", "", "\ufeff", "\n", "a"])
+@pytest.mark.parametrize("chunk", [1, 2, 3, 100])
+def test_scan_and_chunks_match_whole_file_split(tmp_path, tiny_blocks, text, chunk):
+    path = write(tmp_path / "a.txt", text)
+    expected = split_lines(text)  # the whole-file reference
+    h = hashlib.sha256()
+    scan = textio.scan_file(path, chunk, h)
+    data = path.read_bytes()
+    assert h.digest() == hashlib.sha256(len(data).to_bytes(8, "little") + data).digest()
+    assert scan.lines == len(expected) and scan.size == len(data)
+    assert scan.starts[-1] == len(data) and len(scan.starts) - 1 == -(-len(expected) // chunk)
+    chunks = [
+        textio.read_chunk(path, int(a), int(b))
+        for a, b in zip(scan.starts[:-1], scan.starts[1:], strict=True)
+    ]
+    assert all(len(c) == chunk for c in chunks[:-1])
+    assert [line for c in chunks for line in c] == expected
+    assert list(textio.iter_lines(path)) == expected
+
+
+def test_invalid_utf8_line_number_across_blocks(tmp_path, tiny_blocks):
+    lines = [f"line number {i}" for i in range(40)]
+    data = ("\n".join(lines[:33]) + "\nbad \xe9 here\n").encode("latin-1")
+    path = write(tmp_path / "a.txt", data)
+    with pytest.raises(DataError, match=rf"^{re.escape(str(path))}: line 34: invalid UTF-8"):
+        textio.scan_file(path, 10)

@@ -4,17 +4,22 @@ demo.es-en corpus; cache reuse and invalidation; bad input; the `python -m nmt.p
 from __future__ import annotations
 
 import json
+import logging
+import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from nmt import cache as cache_mod
 from nmt.config import DataConfig, TokenizerConfig
-from nmt.data import DataError, prepare, read_parallel
-from nmt.tokenizer import split_lines
+from nmt.data import DataError, prepare, read_parallel, remove_stale
+from nmt.tokenizer import Tokenizer, split_lines
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "data" / "demo.es-en"
@@ -249,3 +254,174 @@ def test_shipped_corpora_are_aligned(name, src, tgt):
         assert len(src_lines) == len(tgt_lines) > 0
     if name == "lo.de-en":
         assert "https://mozilla.org/MPL/2.0/" in (d / "LICENSE-MPL-2.0").read_text()
+
+
+# ---------------------------------------------------------------------------------------------
+# streaming, parallel build against an in-memory reference
+
+
+def reference_cache(corpus: Path, tok: Tokenizer, max_len: int, max_ratio: float, out: Path):
+    """What prepare wrote before it streamed: whole files read, every split encoded at once,
+    filtered, saved with np.save. Kept here only as the reference for the streaming build."""
+    out.mkdir()
+    for split in ("train", "dev", "test"):
+        es = split_lines((corpus / f"{split}.es").read_bytes().decode("utf-8"))
+        en = split_lines((corpus / f"{split}.en").read_bytes().decode("utf-8"))
+        sides = {"src": (es, tok.encode_src(es)), "tgt": (en, tok.encode_tgt(en))}
+        sl = np.array([len(x) for x in sides["src"][1]], dtype=np.int64)
+        tl = np.array([len(x) for x in sides["tgt"][1]], dtype=np.int64)
+        keep = np.ones(len(es), dtype=bool)
+        if split == "train":
+            longer, shorter = np.maximum(sl, tl), np.minimum(sl, tl)
+            keep = (shorter > 0) & (longer <= max_len) & (longer <= max_ratio * shorter)
+        for side, (lines, ids) in sides.items():
+            kept = [i for i, k in enumerate(keep) if k]
+            lengths = np.array([len(ids[i]) for i in kept], dtype=np.int64)
+            flat = [x for i in kept for x in ids[i]]
+            np.save(out / f"{split}.{side}.ids.npy", np.array(flat, dtype=np.uint16))
+            np.save(out / f"{split}.{side}.offsets.npy", np.concatenate([[0], np.cumsum(lengths)]))
+            text = "".join(lines[i] + "\n" for i in kept)
+            (out / f"{split}.{side}.txt").write_bytes(text.encode("utf-8"))
+
+
+def test_chunked_parallel_cache_is_byte_identical_to_reference(tmp_path, caplog):
+    corpus = make_corpus(tmp_path / "corpus", NOISY_TRAIN, dev_extra=[("", "Empty in dev.")])
+    # a BOM and CRLF endings must come out as the whole-file reading had them
+    raw = (corpus / "train.es").read_bytes().replace(b"\n", b"\r\n")
+    (corpus / "train.es").write_bytes(b"\xef\xbb\xbf" + raw)
+    built = {}
+    caplog.set_level(logging.INFO, logger="nmt.cache")
+    for workers, chunk in ((2, 37), (1, 100_000)):
+        cfg = config(corpus, tmp_path / f"cache{workers}", max_len=60)
+        cfg.num_workers = workers
+        built[workers] = prepare(cfg, TOK, chunk_lines=chunk)
+    one, two = built[1], built[2]
+    assert one.path.name == two.path.name  # the key does not depend on workers or chunks
+    assert two.summary["splits"]["train"]["read"] == SIZES["train"] + len(NOISY_TRAIN)
+    ref = tmp_path / "reference"
+    reference_cache(corpus, two.tokenizer, 60, DataConfig.max_ratio, ref)
+    names = sorted(p.name for p in ref.iterdir())
+    assert len(names) == 18
+    for name in names:
+        assert (two.path / name).read_bytes() == (ref / name).read_bytes(), name
+        assert (one.path / name).read_bytes() == (ref / name).read_bytes(), name
+    assert (one.path / "spm.model").read_bytes() == (two.path / "spm.model").read_bytes()
+    assert sorted(p.name for p in two.path.iterdir()) == sorted(
+        names + ["spm.model", "summary.json"]
+    )  # no shards left
+    strip = {"path", "time_s"}
+    assert {k: v for k, v in one.summary.items() if k not in strip} == {
+        k: v for k, v in two.summary.items() if k not in strip
+    }
+    assert set(two.summary["time_s"]) == {"validate", "spm_train", "encode", "total"}
+    logged = caplog.text
+    assert "validate:" in logged and "spm_train:" in logged and "encode:" in logged
+
+
+# ---------------------------------------------------------------------------------------------
+# splits by key (issue 13): data.dev / data.test name files, Prepared takes keys only
+
+
+def test_splits_are_addressed_by_key_not_file_stem(tmp_path):
+    corpus = make_corpus(tmp_path / "corpus")
+    extra = [f"Línea {i}." for i in range(7)], [f"Line {i}." for i in range(7)]
+    write_lines(corpus / "other.es", extra[0])
+    write_lines(corpus / "other.en", extra[1])
+    cfg = config(corpus, tmp_path / "cache")
+    cfg.dev, cfg.test = "test", "other"
+    prep = prepare(cfg, TOK)
+    assert prep.raw("dev") == (demo_lines("test", "es"), demo_lines("test", "en"))
+    assert prep.raw("test") == extra
+    assert len(prep.dataset("test")) == 7
+    for stem in ("other", "valid"):  # file stems are not split keys
+        with pytest.raises(ValueError, match="unknown split"):
+            prep.raw(stem)
+        with pytest.raises(ValueError, match="unknown split"):
+            prep.dataset(stem)
+
+    # the same content under other file names: a cache hit that reports the new names
+    for lang in ("es", "en"):
+        (corpus / f"other.{lang}").rename(corpus / f"final.{lang}")
+    cfg.test = "final"
+    again = prepare(cfg, TOK)
+    assert again.reused and again.path == prep.path
+    assert again.summary["split_names"] == {"train": "train", "dev": "test", "test": "final"}
+    assert again.summary["files"]["test"] == [str(corpus / "final.es"), str(corpus / "final.en")]
+    assert again.raw("test") == extra
+
+
+# ---------------------------------------------------------------------------------------------
+# interrupted prepares (issue 13): nothing partial, temporary directories cleaned
+
+
+def test_remove_stale_only_removes_dead_prepares_of_this_host(tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        host, key = cache_mod._host(), "0123456789abcdef0123"
+        names = {
+            "dead": f".tmp-{key}-{host}-{dead.pid}-abcd_123",
+            "live": f".tmp-{key}-{host}-{live.pid}-abcd_123",
+            "other_host": f".tmp-{key}-elsewhere.example-{dead.pid}-abcd_123",
+            "old_style": f".tmp-{key}-abcd_123",
+            "foreign": ".tmp-mine",
+        }
+        for name in names.values():
+            (cache / name).mkdir()
+            (cache / name / "spm.model").write_bytes(b"x")
+        (cache / f".tmp-{key}-{host}-{dead.pid}-file0000").write_text("a file, not ours")
+        removed = remove_stale(cache)
+    finally:
+        live.kill()
+        live.wait()
+    assert removed == [cache / names["dead"]]
+    left = sorted(p.name for p in cache.iterdir())
+    assert left == sorted(
+        [n for k, n in names.items() if k != "dead"] + [f".tmp-{key}-{host}-{dead.pid}-file0000"]
+    )
+
+
+KILL_SCRIPT = """
+import sys
+from nmt.cache import prepare  # no torch import: a quicker start
+from nmt.config import DataConfig, TokenizerConfig
+cfg = DataConfig(dir=sys.argv[1], src="es", tgt="en", cache_dir=sys.argv[2], num_workers=2)
+TOK = TokenizerConfig(vocab_size=300, input_sentence_size=2000)  # a quick SentencePiece
+prepare(cfg, TOK, chunk_lines=20)
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_interrupted_prepare_leaves_no_partial_cache(tmp_path, sig):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for split, n in (("train", 5000), ("dev", 200), ("test", 200)):
+        for lang in ("es", "en"):
+            lines = split_lines((DEMO / f"{split}.{lang}").read_text("utf-8"))[:n]
+            write_lines(corpus / f"{split}.{lang}", lines)
+    cache = tmp_path / "cache"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILL_SCRIPT, str(corpus), str(cache)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    deadline = time.monotonic() + 60
+    while not any(cache.glob(".tmp-*/shards/train.*")):  # mid-way through encoding
+        assert proc.poll() is None and time.monotonic() < deadline, "prepare ended too early"
+        time.sleep(0.01)
+    proc.send_signal(sig)
+    proc.wait(timeout=60)
+    assert not any((p / "summary.json").exists() for p in cache.iterdir())
+    if sig == signal.SIGINT:
+        assert list(cache.iterdir()) == []  # cleaned up on the way out
+    else:
+        [left] = cache.iterdir()  # a kill -9 cannot clean; the next prepare does
+        assert left.name.startswith(".tmp-") and str(proc.pid) in left.name
+    cfg = DataConfig(dir=str(corpus), src="es", tgt="en", cache_dir=str(cache), num_workers=1)
+    prep = prepare(cfg, TokenizerConfig(vocab_size=300, input_sentence_size=2000))
+    assert [p.name for p in cache.iterdir()] == [prep.path.name]
+    assert prep.summary["splits"]["train"]["read"] == 5000

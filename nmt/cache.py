@@ -1,0 +1,576 @@
+"""Aligned text -> validated -> SentencePiece ids cached on disk, in bounded memory and in parallel.
+
+Cache layout (one directory per hash of the input bytes, the filtering settings and the whole
+tokenizer config, under `DataConfig.cache_dir`)::
+
+    spm.model | src.model + tgt.model     SentencePiece model(s)
+    {split}.{side}.ids.npy                flat ids of every sentence, uint16 (int32 if V > 65536)
+    {split}.{side}.offsets.npy            int64 (N + 1,): sentence i is ids[off[i]:off[i + 1]]
+    {split}.{side}.txt                    raw text of the kept lines (all lines for dev/test)
+    summary.json                          counts, vocabulary, special ids, timings; written last
+
+with split in {train, dev, test} and side in {src, tgt}.
+
+Phases, each logged with its time: (1) validate: every file is read once in blocks (UTF-8,
+line counts, a digest for the cache key, the byte offset of every `chunk_lines`-th line);
+(2) SentencePiece is trained on a stream of the train lines (it keeps only its own sample of
+`input_sentence_size` sentences); (3) encode: chunks of `chunk_lines` aligned pairs go to
+`data.num_workers` worker processes, each reading its chunk straight from the files, encoding,
+filtering (train) and writing its own shard files; (4) write: per split and side, the shards
+are concatenated behind an .npy header by the kernel (`os.copy_file_range`/`sendfile`) and the
+offsets are written from the shards' lengths, one shard at a time. Memory is bounded by a block
+and a chunk per process, plus SentencePiece's sample.
+
+A cache is built in a temporary directory `.tmp-<key>-<host>-<pid>-<random>` and renamed into
+place, so a directory under its final name is always complete; an interrupted build removes its
+temporary directory, and one left by a killed process (same host, pid gone) is removed by the
+next prepare in that cache_dir.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import itertools
+import json
+import logging
+import multiprocessing as mp
+import os
+import re
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+from tqdm import tqdm
+
+from nmt.config import DataConfig, TokenizerConfig
+from nmt.dataset import SPLITS, Prepared
+from nmt.faults import fault_point
+from nmt.textio import DataError, FileScan, check_pair, read_chunk, scan_file
+from nmt.tokenizer import Tokenizer, read_tokenizer, resolve_threads
+
+logger = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+SUMMARY = "summary.json"
+CHUNK_LINES = 50_000  # aligned pairs per encoding task
+SMALL_BYTES = 1 << 20  # train text below this: SentencePiece in this process
+_TMP = re.compile(r"^\.tmp-[0-9a-f]{20}-(?P<host>[A-Za-z0-9._]+)-(?P<pid>[0-9]+)-[a-z0-9_]{8}$")
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "localhost"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process
+        return True
+    return True
+
+
+def remove_stale(cache_root: Path) -> list[Path]:
+    """Remove temporary build directories of earlier prepares on this host whose process is
+    gone; return them. Anything else (live builds, other hosts, foreign names) is left alone."""
+    removed: list[Path] = []
+    if not cache_root.is_dir():
+        return removed
+    host = _host()
+    for entry in cache_root.iterdir():
+        m = _TMP.match(entry.name)
+        if not m or m["host"] != host or not entry.is_dir() or entry.is_symlink():
+            continue
+        pid = int(m["pid"])
+        if pid == os.getpid() or _alive(pid):
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry)
+        logger.info("removed %s, left by an interrupted prepare (pid %d)", entry, pid)
+    return removed
+
+
+def _cache_key(data: DataConfig, tok: TokenizerConfig, digests: list[bytes]) -> str:
+    """Hash of everything the cache content depends on (not paths, not thread counts)."""
+    settings = {
+        "version": CACHE_VERSION,
+        "src": data.src,
+        "tgt": data.tgt,
+        "max_len": data.max_len,
+        "max_ratio": data.max_ratio,
+        "tokenizer": asdict(tok)
+        if not tok.model
+        else {"model": read_tokenizer(tok.model).fingerprint()},
+    }
+    h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode("utf-8"))
+    for digest in digests:
+        h.update(digest)
+    return h.hexdigest()[:20]
+
+
+def _filter_train(
+    src_len: np.ndarray, tgt_len: np.ndarray, max_len: int, max_ratio: float
+) -> tuple[np.ndarray, dict[str, int]]:
+    """Keep mask (N,) and counts dropped by reason, each pair counted under its first reason:
+    an empty side, a side over max_len subwords, or longer/shorter ratio over max_ratio.
+    max_len <= 0 or max_ratio <= 0 disables that filter."""
+    longer = np.maximum(src_len, tgt_len)
+    shorter = np.minimum(src_len, tgt_len)
+    empty = shorter == 0
+    too_long = ~empty & (longer > max_len) if max_len > 0 else np.zeros_like(empty)
+    ratio = (
+        ~empty & ~too_long & (longer > max_ratio * shorter)
+        if max_ratio > 0
+        else np.zeros_like(empty)
+    )
+    keep = ~(empty | too_long | ratio)
+    dropped = {
+        "empty": int(empty.sum()),
+        "too_long": int(too_long.sum()),
+        "ratio": int(ratio.sum()),
+    }
+    return keep, dropped
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoding one chunk (runs in a worker process)
+
+
+@dataclass
+class _Task:
+    split: str
+    index: int
+    src: tuple[Path, int, int]  # file, first byte, end byte
+    tgt: tuple[Path, int, int]
+    shard: Path  # shard files are shard.{side}.{ids,len,txt}
+    filter: tuple[int, float] | None  # (max_len, max_ratio) for train
+
+
+_worker_tok: Tokenizer | None = None
+
+
+def _die_with_parent() -> None:
+    """Linux: have the kernel SIGKILL this worker when the process that started it dies, so a
+    killed prepare leaves no worker writing into its temporary directory."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+
+def _init_child() -> None:
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and cleans up
+
+
+def _init_worker(tok_bytes: dict) -> None:
+    global _worker_tok
+    _init_child()
+    _worker_tok = Tokenizer.from_bytes(tok_bytes)
+
+
+def _context() -> mp.context.BaseContext:
+    """forkserver where there is one: children are forked from a fresh single-threaded server
+    (forking the caller, which may run torch or other threads, can deadlock a child) that
+    preloads only this module; else spawn."""
+    if "forkserver" in mp.get_all_start_methods():
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(["nmt.cache"])
+        return ctx
+    return mp.get_context("spawn")
+
+
+def _id_dtype(vocab_size: int) -> type[np.integer]:
+    return np.uint16 if vocab_size <= 65536 else np.int32
+
+
+def _encode_chunk(task: _Task, tok: Tokenizer | None = None) -> dict:
+    """Encode one chunk of aligned lines, filter it (train), write its shard files."""
+    tok = tok or _worker_tok
+    assert tok is not None
+    src_lines = read_chunk(*task.src)
+    tgt_lines = read_chunk(*task.tgt)
+    src_ids = tok.encode_src(src_lines, num_threads=1)
+    tgt_ids = tok.encode_tgt(tgt_lines, num_threads=1)
+    src_len = np.fromiter(map(len, src_ids), dtype=np.int64, count=len(src_ids))
+    tgt_len = np.fromiter(map(len, tgt_ids), dtype=np.int64, count=len(tgt_ids))
+    n_read = len(src_ids)
+    dropped = {"empty": 0, "too_long": 0, "ratio": 0}
+    if task.filter is not None:
+        keep, dropped = _filter_train(src_len, tgt_len, *task.filter)
+        if not keep.all():
+            idx = np.flatnonzero(keep).tolist()
+            src_ids = [src_ids[i] for i in idx]
+            tgt_ids = [tgt_ids[i] for i in idx]
+            src_lines = [src_lines[i] for i in idx]
+            tgt_lines = [tgt_lines[i] for i in idx]
+            src_len, tgt_len = src_len[keep], tgt_len[keep]
+    sides = (
+        ("src", src_ids, src_len, src_lines, tok.src_vocab_size),
+        ("tgt", tgt_ids, tgt_len, tgt_lines, tok.tgt_vocab_size),
+    )
+    for side, ids, lengths, lines, vocab in sides:
+        flat = np.fromiter(
+            itertools.chain.from_iterable(ids), dtype=_id_dtype(vocab), count=int(lengths.sum())
+        )
+        flat.tofile(f"{task.shard}.{side}.ids")
+        lengths.tofile(f"{task.shard}.{side}.len")
+        Path(f"{task.shard}.{side}.txt").write_bytes(
+            "".join(line + "\n" for line in lines).encode("utf-8")
+        )
+    return {
+        "split": task.split,
+        "index": task.index,
+        "read": n_read,
+        "kept": len(src_len),
+        "dropped": dropped,
+        "src_tokens": int(src_len.sum()),
+        "tgt_tokens": int(tgt_len.sum()),
+        "src_max_len": int(src_len.max(initial=0)),
+        "tgt_max_len": int(tgt_len.max(initial=0)),
+        "bytes": task.src[2] - task.src[1] + task.tgt[2] - task.tgt[1],
+    }
+
+
+def _tasks(
+    scans: dict[str, tuple[FileScan, FileScan]], shard_dir: Path, data: DataConfig
+) -> list[_Task]:
+    tasks = []
+    for split in SPLITS:
+        src, tgt = scans[split]
+        for j in range(len(src.starts) - 1):
+            tasks.append(
+                _Task(
+                    split,
+                    j,
+                    (src.path, int(src.starts[j]), int(src.starts[j + 1])),
+                    (tgt.path, int(tgt.starts[j]), int(tgt.starts[j + 1])),
+                    shard_dir / f"{split}.{j:07d}",
+                    (data.max_len, data.max_ratio) if split == "train" else None,
+                )
+            )
+    return tasks
+
+
+def _run_tasks(tasks: list[_Task], tokenizer: Tokenizer, workers: int) -> Iterator[dict]:
+    """Results of every task, in completion order; `workers` processes (1: this process).
+    Up to one task per split (a small corpus) runs here too: no processes to start."""
+    if workers <= 1 or len(tasks) <= len(SPLITS):
+        for task in tasks:
+            yield _encode_chunk(task, tokenizer)
+        return
+    with _context().Pool(
+        workers, _init_worker, (tokenizer.to_bytes(),), maxtasksperchild=None
+    ) as pool:
+        results = pool.imap_unordered(_encode_chunk, tasks)
+        while True:  # a wait without a timeout would not see Ctrl-C
+            try:
+                yield results.next(timeout=0.2)
+            except mp.TimeoutError:
+                continue
+            except StopIteration:
+                return
+
+
+# ---------------------------------------------------------------------------------------------
+# Merging shards
+
+
+def _append(out: BinaryIO, path: Path) -> None:
+    """Append a file's bytes to the open file `out`, copied by the kernel where it can."""
+    with path.open("rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        out.flush()
+        done = 0
+        try:
+            while done < size:
+                n = os.copy_file_range(f.fileno(), out.fileno(), size - done)
+                if n == 0:
+                    break
+                done += n
+        except (AttributeError, OSError):
+            f.seek(done)
+            out.seek(0, 2)
+            shutil.copyfileobj(f, out, 1 << 20)
+            return
+        out.seek(0, 2)
+
+
+def _npy_header(out: BinaryIO, dtype: type[np.integer], n: int) -> None:
+    """The header np.save writes for a 1-D array of n items."""
+    descr = np.lib.format.dtype_to_descr(np.dtype(dtype))
+    header = {"descr": descr, "fortran_order": False, "shape": (n,)}
+    np.lib.format.write_array_header_1_0(out, header)
+
+
+def _merge(out_dir: Path, split: str, shards: list[Path], stats: dict, tok: Tokenizer) -> None:
+    """Concatenate a split's shards into its .npy/.txt files, one shard open at a time."""
+    kept = stats["kept"]
+    for side, vocab in (("src", tok.src_vocab_size), ("tgt", tok.tgt_vocab_size)):
+        dtype = _id_dtype(vocab)
+        with (out_dir / f"{split}.{side}.ids.npy").open("wb") as ids_out:
+            _npy_header(ids_out, dtype, stats[f"{side}_tokens"])
+            for shard in shards:
+                _append(ids_out, Path(f"{shard}.{side}.ids"))
+                Path(f"{shard}.{side}.ids").unlink()
+        with (out_dir / f"{split}.{side}.offsets.npy").open("wb") as off_out:
+            _npy_header(off_out, np.int64, kept + 1)
+            base = np.zeros(1, dtype=np.int64)
+            base.tofile(off_out)
+            for shard in shards:
+                lengths = np.fromfile(f"{shard}.{side}.len", dtype=np.int64)
+                offsets = np.cumsum(lengths) + base[0]
+                offsets.tofile(off_out)
+                if len(offsets):
+                    base[0] = offsets[-1]
+                Path(f"{shard}.{side}.len").unlink()
+        with (out_dir / f"{split}.{side}.txt").open("wb") as txt_out:
+            for shard in shards:
+                _append(txt_out, Path(f"{shard}.{side}.txt"))
+                Path(f"{shard}.{side}.txt").unlink()
+
+
+# ---------------------------------------------------------------------------------------------
+# Preparation
+
+
+def _progress(total: int, desc: str) -> tqdm:
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1000,
+        dynamic_ncols=True,
+        disable=None,  # a terminal only
+        file=sys.stderr,
+    )
+
+
+def _scan_all(
+    paths: dict[str, tuple[Path, Path]], chunk_lines: int
+) -> tuple[dict[str, tuple[FileScan, FileScan]], list[bytes]]:
+    """Validate every split's files (in order: train, dev, test; source, then target)."""
+    scans: dict[str, tuple[FileScan, FileScan]] = {}
+    digests = []
+    total = sum(p.stat().st_size for pair in paths.values() for p in pair if p.is_file())
+    with _progress(total, "validate") as bar:
+        for split in SPLITS:
+            h = hashlib.sha256()
+            src = scan_file(paths[split][0], chunk_lines, h)
+            bar.update(src.size)
+            tgt = scan_file(paths[split][1], chunk_lines, h)
+            bar.update(tgt.size)
+            check_pair(src, tgt)
+            scans[split] = (src, tgt)
+            digests.append(h.digest())
+    return scans, digests
+
+
+def _spm_child(tok: TokenizerConfig, src: Path, tgt: Path, out: Path, threads: int) -> dict:
+    return Tokenizer.train(tok, [src], [tgt], out, num_threads=threads).to_bytes()
+
+
+def _train_tokenizer(
+    out: Path, paths: dict[str, tuple[Path, Path]], data: DataConfig, tok: TokenizerConfig
+) -> Tokenizer:
+    """SentencePiece on the train split, in a child process: Ctrl-C need not wait for the
+    trainer's C++ loop, and its memory (the sentence sample) is returned when it exits.
+    Small corpora (a few seconds of training) train in this process."""
+    train_src, train_tgt = paths["train"]
+    if tok.model:  # tokenizer.model: reuse, never retrain
+        tokenizer = read_tokenizer(tok.model)
+        tokenizer.save(out)
+        return tokenizer
+    try:
+        if train_src.stat().st_size + train_tgt.stat().st_size < SMALL_BYTES:
+            return Tokenizer.train(tok, [train_src], [train_tgt], out, data.num_threads)
+        with _context().Pool(1, _init_child) as pool:
+            args = (tok, train_src, train_tgt, out, data.num_threads)
+            result = pool.apply_async(_spm_child, args)
+            while True:  # a wait without a timeout would not see Ctrl-C
+                try:
+                    return Tokenizer.from_bytes(result.get(timeout=0.2))
+                except mp.TimeoutError:
+                    pass
+    except RuntimeError as e:  # e.g. vocabulary too large for the corpus
+        reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise DataError(
+            f"{train_src}, {train_tgt}: SentencePiece training failed: {reason}"
+        ) from None
+
+
+def _encode_all(
+    out: Path,
+    scans: dict[str, tuple[FileScan, FileScan]],
+    data: DataConfig,
+    tokenizer: Tokenizer,
+) -> dict[str, dict]:
+    """Encode every split in chunks on the workers; the per-split counts of the summary."""
+    shard_dir = out / "shards"
+    shard_dir.mkdir()
+    tasks = _tasks(scans, shard_dir, data)
+    workers = resolve_threads(data.num_workers)
+    splits: dict[str, dict] = {
+        s: {
+            "read": 0,
+            "kept": 0,
+            "dropped": {"empty": 0, "too_long": 0, "ratio": 0},
+            "src_tokens": 0,
+            "tgt_tokens": 0,
+            "src_max_len": 0,
+            "tgt_max_len": 0,
+        }
+        for s in SPLITS
+    }
+    total = sum(t.src[2] - t.src[1] + t.tgt[2] - t.tgt[1] for t in tasks)
+    lines = 0
+    start = time.perf_counter()
+    with _progress(total, f"encode ({workers} workers)") as bar:
+        for r in _run_tasks(tasks, tokenizer, workers):
+            acc = splits[r["split"]]
+            for k in ("read", "kept", "src_tokens", "tgt_tokens"):
+                acc[k] += r[k]
+            for k in ("src_max_len", "tgt_max_len"):
+                acc[k] = max(acc[k], r[k])
+            for k, v in r["dropped"].items():
+                acc["dropped"][k] += v
+            lines += r["read"]
+            bar.update(r["bytes"])
+            bar.set_postfix_str(f"{lines:,} pairs, {lines / (time.perf_counter() - start):,.0f}/s")
+    train = splits["train"]
+    if not train["kept"]:
+        d = train["dropped"]
+        raise DataError(
+            f"{scans['train'][0].path}: no training pairs left after filtering "
+            f"(empty side {d['empty']}, over max_len {d['too_long']}, "
+            f"length ratio {d['ratio']})"
+        )
+    t0 = time.perf_counter()
+    for split in SPLITS:
+        shards = [t.shard for t in tasks if t.split == split]
+        _merge(out, split, shards, splits[split], tokenizer)
+    shard_dir.rmdir()
+    logger.info("write: shards merged in %.1fs", time.perf_counter() - t0)
+    return splits
+
+
+def _build(
+    out: Path,
+    final: Path,
+    scans: dict[str, tuple[FileScan, FileScan]],
+    paths: dict[str, tuple[Path, Path]],
+    data: DataConfig,
+    tok: TokenizerConfig,
+    key: str,
+    times: dict[str, float],
+    start: float,
+) -> tuple[Tokenizer, dict]:
+    """Train the tokenizer, encode and filter every split, write everything into `out`."""
+    t0 = time.perf_counter()
+    tokenizer = _train_tokenizer(out, paths, data, tok)
+    times["spm_train"] = time.perf_counter() - t0
+    logger.info("spm_train: %.1fs", times["spm_train"])
+
+    t0 = time.perf_counter()
+    splits = _encode_all(out, scans, data, tokenizer)
+    times["encode"] = time.perf_counter() - t0
+    n = sum(s["read"] for s in splits.values())
+    logger.info("encode: %d pairs in %.1fs (%.0f pairs/s)", n, times["encode"], n / times["encode"])
+
+    summary = {
+        "path": str(final),
+        "key": key,
+        "files": {split: [str(p) for p in pair] for split, pair in paths.items()},
+        "split_names": {"train": data.train, "dev": data.dev, "test": data.test},
+        "src": data.src,
+        "tgt": data.tgt,
+        "splits": splits,
+        "vocab_size": {"src": tokenizer.src_vocab_size, "tgt": tokenizer.tgt_vocab_size},
+        "special_ids": {
+            "pad": tokenizer.pad_id,
+            "unk": tokenizer.unk_id,
+            "bos": tokenizer.bos_id,
+            "eos": tokenizer.eos_id,
+        },
+        "tokenizer": asdict(tok),
+        "filter": {"max_len": data.max_len, "max_ratio": data.max_ratio},
+        "fingerprint": tokenizer.fingerprint(),
+        "time_s": {k: round(v, 3) for k, v in times.items()}
+        | {"total": round(time.perf_counter() - start, 3)},
+    }
+    (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return tokenizer, summary
+
+
+def prepare(data: DataConfig, tok: TokenizerConfig, chunk_lines: int = CHUNK_LINES) -> Prepared:
+    """Validate the aligned text, train SentencePiece on the train split, encode, filter and
+    cache every split under cache_dir/<hash>; reuse that directory when it already exists.
+
+    Only train pairs are filtered (empty side, > max_len subwords, ratio > max_ratio), and every
+    drop is counted in the summary. Raises DataError for bad input. `chunk_lines` pairs make
+    one encoding task (the cache does not depend on it).
+    """
+    start = time.perf_counter()
+    root = Path(data.dir)
+    stems = {"train": data.train, "dev": data.dev, "test": data.test}
+    paths = {
+        s: (root / f"{stem}.{data.src}", root / f"{stem}.{data.tgt}") for s, stem in stems.items()
+    }
+    scans, digests = _scan_all(paths, chunk_lines)
+    times = {"validate": time.perf_counter() - start}
+    logger.info("validate: %.1fs", times["validate"])
+    key = _cache_key(data, tok, digests)
+    cache_root = Path(data.cache_dir)
+    final = cache_root / key
+    remove_stale(cache_root)
+
+    if (final / SUMMARY).is_file():
+        summary = json.loads((final / SUMMARY).read_text(encoding="utf-8"))
+        # the same content may be reached through other paths and stems than the ones that
+        # built it
+        summary["path"] = str(final)
+        summary["files"] = {split: [str(p) for p in pair] for split, pair in paths.items()}
+        summary["split_names"] = stems
+        logger.info("reusing prepared data in %s", final)
+        return Prepared(final, Tokenizer.load(final), summary, reused=True)
+
+    cache_root.mkdir(parents=True, exist_ok=True)
+    prefix = f".tmp-{key}-{_host()}-{os.getpid()}-"
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=cache_root))
+    try:
+        logger.info("preparing %s -> %s", root, final)
+        tokenizer, summary = _build(tmp, final, scans, paths, data, tok, key, times, start)
+        fault_point("prepare")
+        if final.exists() and not (final / SUMMARY).is_file():
+            shutil.rmtree(final)  # incomplete leftover (summary deleted by hand)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not (final / SUMMARY).is_file():
+                raise
+            shutil.rmtree(tmp)  # a concurrent prepare finished the same cache first
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    train = summary["splits"]["train"]
+    logger.info(
+        "train: %d read, %d kept; vocab %s; %.1fs",
+        train["read"],
+        train["kept"],
+        summary["vocab_size"],
+        summary["time_s"]["total"],
+    )
+    return Prepared(final, tokenizer, summary, reused=False)
