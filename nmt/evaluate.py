@@ -23,6 +23,7 @@ ConfigStore.instance().store(name="evaluate_schema", node=EvaluateConfig)
 def run(cfg: EvaluateConfig) -> dict:
     from nmt.checkpoint import load_for_decoding
     from nmt.metrics import score
+    from nmt.quantize import quantize_model
     from nmt.runtime import pick_device, tune_malloc
     from nmt.search import translate_lines
     from nmt.translate import InputError, check_writable, read_lines, write_lines
@@ -34,8 +35,9 @@ def run(cfg: EvaluateConfig) -> dict:
     src, ref = read_lines(cfg.src), read_lines(cfg.ref)
     if len(src) != len(ref):
         raise InputError(f"{cfg.src} has {len(src)} lines but {cfg.ref} has {len(ref)}")
-    device = pick_device(cfg.device)
+    device = pick_device("cpu" if cfg.quantize != "none" and cfg.device == "auto" else cfg.device)
     model, tokenizer = load_for_decoding(cfg.ckpt, device)
+    model = quantize_model(model, cfg.quantize)
     hyps = translate_lines(
         model, tokenizer, src, cfg.decode, device, progress=cfg.progress and sys.stderr.isatty()
     )
