@@ -5,6 +5,7 @@ lo.de-en is a benchmark: scripts/int8_benchmark.py, docs/benchmarks.md.)"""
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -34,9 +35,13 @@ def test_quantized_model_translates_the_test_file(model: tuple[Path, Path], tmp_
     src = corpus / "test.es"
     lines = src.read_text(encoding="utf-8").splitlines()
     out = tmp_path / "out"
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    line = next(x for x in readme.splitlines() if "nmt.translate" in x and "quantize=int8" in x)
+    command = shlex.split(line.replace(".venv/bin/python", sys.executable, 1))  # as written,
+    swap = {"ckpt=runs/default/best.pt": f"ckpt={ckpt}", "input=my.de": f"input={src}"}
+    swap["output=my.en"] = f"output={out}"  # on the test model and file
     res = subprocess.run(
-        [sys.executable, "-m", "nmt.translate", f"ckpt={ckpt}", f"input={src}"]
-        + [f"output={out}", "quantize=int8", "decode.beam_size=3"],
+        [swap.get(arg, arg) for arg in command] + ["decode.beam_size=3"],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
         capture_output=True,

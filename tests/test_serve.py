@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -262,3 +263,32 @@ def test_sigterm_under_load_answers_every_accepted_request(
     assert "Traceback" not in log.read_text()
     with pytest.raises(urllib.error.URLError):  # no longer listening
         call(srv.url + "/health", method="GET", timeout=5)
+
+
+def test_readme_server_example(model: tuple[Path, list[str]], tmp_path: Path) -> None:
+    """The README's server commands, as written (the test model; any free port)."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = next(b for b in re.findall(r"```bash\n(.*?)```", readme, re.S) if "nmt.serve" in b)
+    commands = block.replace("\\\n", " ").splitlines()
+    start = shlex.split(commands[0].rstrip("&"))
+    assert start[:3] == [".venv/bin/python", "-m", "nmt.serve"] and commands[-1].startswith("kill")
+    overrides = [a for a in start[3:] if not a.startswith(("ckpt=", "port="))]
+    srv = Server(model[0], tmp_path / "log", *overrides)
+    try:
+        port = srv.url.rsplit(":", 1)[1]
+        answers = []
+        for command in commands[1:-1]:
+            assert command.startswith("curl ")
+            res = subprocess.run(
+                command.replace("localhost:8000", f"127.0.0.1:{port}"),
+                shell=True,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert res.returncode == 0, res.stderr
+            answers.append(json.loads(res.stdout))
+        assert len(answers[0]["translations"]) == 2
+        assert answers[1]["status"] == "ok" and "model_config" in answers[2]
+    finally:
+        assert srv.stop() == 0  # what the README's kill %1 does
