@@ -200,8 +200,8 @@ def test_full_queue_answers_503(model: tuple[Path, list[str]], tmp_path: Path) -
     ckpt, lines = model
     srv = Server(ckpt, tmp_path / "log", "max_queue=8", "max_lines=8", "batching=false")
     try:
-        offline = Translator.load(ckpt, device="cpu", beam_size=5, **SHORT)
-        request = {"text": lines[:8]}
+        offline = Translator.load(ckpt, device="cpu", beam_size=2, **SHORT)
+        request = {"text": lines[:8], "beam_size": 2}
         want = offline.translate(lines[:8])
         results: list[tuple[int, dict[str, Any], dict[str, str]]] = []
 
@@ -265,30 +265,27 @@ def test_sigterm_under_load_answers_every_accepted_request(
         call(srv.url + "/health", method="GET", timeout=5)
 
 
-def test_readme_server_example(model: tuple[Path, list[str]], tmp_path: Path) -> None:
-    """The README's server commands, as written (the test model; any free port)."""
+def test_readme_server_example(server: str) -> None:
+    """The README's server commands, as written (on the test model and a free port)."""
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     block = next(b for b in re.findall(r"```bash\n(.*?)```", readme, re.S) if "nmt.serve" in b)
     commands = block.replace("\\\n", " ").splitlines()
     start = shlex.split(commands[0].rstrip("&"))
     assert start[:3] == [".venv/bin/python", "-m", "nmt.serve"] and commands[-1].startswith("kill")
-    overrides = [a for a in start[3:] if not a.startswith(("ckpt=", "port="))]
-    srv = Server(model[0], tmp_path / "log", *overrides)
-    try:
-        port = srv.url.rsplit(":", 1)[1]
-        answers = []
-        for command in commands[1:-1]:
-            assert command.startswith("curl ")
-            res = subprocess.run(
-                command.replace("localhost:8000", f"127.0.0.1:{port}"),
-                shell=True,
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
-            assert res.returncode == 0, res.stderr
-            answers.append(json.loads(res.stdout))
-        assert len(answers[0]["translations"]) == 2
-        assert answers[1]["status"] == "ok" and "model_config" in answers[2]
-    finally:
-        assert srv.stop() == 0  # what the README's kill %1 does
+    # the server fixture runs this very command: only ckpt and port differ
+    assert [a.split("=")[0] for a in start[3:]] == ["ckpt", "port"]
+    port = server.rsplit(":", 1)[1]
+    answers = []
+    for command in commands[1:-1]:  # the curl commands; the fixture's teardown is the kill
+        assert command.startswith("curl ")
+        res = subprocess.run(
+            command.replace("localhost:8000", f"127.0.0.1:{port}"),
+            shell=True,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert res.returncode == 0, res.stderr
+        answers.append(json.loads(res.stdout))
+    assert len(answers[0]["translations"]) == 2
+    assert answers[1]["status"] == "ok" and "model_config" in answers[2]
