@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from nmt import Translator
+from nmt.config import ConfigError, DecodeConfig, ServeConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tiny_model import tiny_checkpoint  # noqa: E402
@@ -289,3 +290,21 @@ def test_readme_server_example(server: str) -> None:
         answers.append(json.loads(res.stdout))
     assert len(answers[0]["translations"]) == 2
     assert answers[1]["status"] == "ok" and "model_config" in answers[2]
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        ({"port": 70000}, "port=70000: must be in [0, 65535]"),
+        ({"max_lines": 300}, "max_lines=300: must not exceed max_queue=256"),
+        ({"quantize": "int4"}, "quantize=int4: unknown value"),
+        ({"batch_wait_ms": -1.0}, "batch_wait_ms=-1.0: must be 0 or more"),
+        ({"max_queue": 0}, "max_queue=0: must be 1 or more"),
+        ({"host": ""}, "host='': must not be empty"),
+    ],
+)
+def test_serve_config_is_checked(overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        ServeConfig(ckpt="x", **overrides)
+    with pytest.raises(ConfigError, match=re.escape("decode.beam_size=20: must not exceed")):
+        ServeConfig(ckpt="x", decode=DecodeConfig(beam_size=20))
