@@ -1,15 +1,17 @@
 """Load test for nmt-serve on the loopback interface: throughput and latency percentiles.
 
     .venv/bin/python scripts/load_test.py runs/default/best.pt --src data/lo.de-en/test.de \\
-        --clients 1,8,32 --batching on,off --quantize none,int8 --requests 256 --seconds 60
+        --clients 1,8,32 --batching on,off --quantize none,int8 --requests 96 --seconds 20
 
-For each server configuration (dynamic batching on/off x fp32/int8) it starts
-``python -m nmt.serve`` on 127.0.0.1 with an ephemeral port, warms it up, then for each number
-of concurrent clients sends single sentences (the source file's lines in turn, each client
-waiting for its answer before sending the next) until ``--requests`` requests are answered or
-``--seconds`` have passed, whichever comes first, and reports requests/s, sentences/s, and the
-p50/p95/p99 latency. Every request must be answered 200: errors and lost requests are counted
-and reported. Finally the server gets SIGTERM and must exit 0. Loopback only: the script starts
+It starts one ``python -m nmt.serve`` on 127.0.0.1 (ephemeral port) per configuration (dynamic
+batching on/off x fp32/int8) and warms each up. Then, for each number of concurrent clients,
+the servers take turns for ``--rounds`` rounds (so that load changes on a shared machine hit
+them alike): clients send single sentences (the source file's lines in turn, each client
+waiting for its answer before sending the next) until ``--requests`` requests have been sent
+or ``--seconds`` have passed. Reported per server and level: the median requests/s of the
+rounds, p50/p95/p99 latency over all rounds, sentences per decoded batch (from ``/health``).
+Every request must be answered 200: errors and lost requests are counted and reported. Finally
+every server gets SIGTERM and must exit 0. Loopback only: the script starts
 its own servers and talks to nothing else. Prints a Markdown table; ``--json FILE`` keeps the
 numbers.
 """
@@ -59,8 +61,6 @@ async def run_level(
     errors: list[str] = []
     next_line = 0
     sent = 0
-    start = time.perf_counter()
-    stop_at = start + max_seconds
 
     async def client(session: aiohttp.ClientSession) -> None:
         nonlocal next_line, sent
@@ -83,22 +83,46 @@ async def run_level(
     timeout = aiohttp.ClientTimeout(total=max_seconds + 120)
     connector = aiohttp.TCPConnector(limit=clients)
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+        batches = await batch_count(session, url)
+        start = time.perf_counter()
+        stop_at = start + max_seconds
         await asyncio.gather(*(client(session) for _ in range(clients)))
-    elapsed = time.perf_counter() - start
+        elapsed = time.perf_counter() - start
+        batches = await batch_count(session, url) - batches
+    return {
+        "requests": sent,
+        "latencies": latencies,
+        "errors": errors,
+        "seconds": elapsed,
+        "requests_per_s": len(latencies) / elapsed,
+        "batches": batches,
+    }
+
+
+def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Rounds of one level on one server -> median throughput, pooled latency percentiles."""
+    latencies = [x for r in rounds for x in r["latencies"]]
     q = statistics.quantiles(latencies, n=100, method="inclusive") if len(latencies) > 1 else []
     ms = [round(1000 * x, 1) for x in q]
+    answered, batches = len(latencies), sum(r["batches"] for r in rounds)
     return {
-        "clients": clients,
-        "requests": sent,
-        "answered": len(latencies),
-        "errors": len(errors),
-        "first_errors": errors[:3],
-        "seconds": round(elapsed, 2),
-        "requests_per_s": round(len(latencies) / elapsed, 2),
+        "requests_per_s": round(statistics.median(r["requests_per_s"] for r in rounds), 2),
+        "rounds_requests_per_s": [round(r["requests_per_s"], 2) for r in rounds],
         "p50_ms": ms[49] if ms else None,
         "p95_ms": ms[94] if ms else None,
         "p99_ms": ms[98] if ms else None,
+        "requests": sum(r["requests"] for r in rounds),
+        "answered": answered,
+        "errors": sum(len(r["errors"]) for r in rounds),
+        "first_errors": [e for r in rounds for e in r["errors"]][:3],
+        "sentences_per_batch": round(answered / batches, 1) if batches else None,
     }
+
+
+async def batch_count(session: aiohttp.ClientSession, url: str) -> int:
+    """Batches the server has decoded so far (``GET /health``)."""
+    async with session.get(url + "/health") as res:
+        return int((await res.json())["batches"])
 
 
 def main() -> None:
@@ -112,41 +136,62 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=60, help="at most this long per level")
     p.add_argument("--beam", type=int, default=5)
     p.add_argument("--threads", type=int, default=2, help="the server's torch threads")
+    p.add_argument("--rounds", type=int, default=3, help="measurements per level and server")
     p.add_argument("--warmup", type=int, default=8, help="requests before measuring")
     p.add_argument("--override", action="append", default=[], help="more server key=value")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args()
     with open(args.src, encoding="utf-8") as f:
         lines = [line.rstrip("\n") for line in f if line.strip()]
+    configs = [
+        (quantize, batching == "on")
+        for quantize in args.quantize.split(",")
+        for batching in args.batching.split(",")
+    ]
+    servers = {}
     results = []
-    for quantize in args.quantize.split(","):
-        for batching in [b == "on" for b in args.batching.split(",")]:
-            proc, url, log = start_server(args.ckpt, args, batching, quantize)
-            try:
-                asyncio.run(run_level(url, lines, 1, args.warmup, args.seconds))
-                for clients in [int(c) for c in args.clients.split(",")]:
+    try:
+        for quantize, batching in configs:
+            servers[quantize, batching] = start_server(args.ckpt, args, batching, quantize)
+            url = servers[quantize, batching][1]
+            asyncio.run(run_level(url, lines, 1, args.warmup, args.seconds))
+        for clients in [int(c) for c in args.clients.split(",")]:
+            rounds: dict[Any, list[dict[str, Any]]] = {config: [] for config in configs}
+            for _ in range(args.rounds):  # the servers take turns: load changes hit all alike
+                for config in configs:
+                    url = servers[config][1]
                     r = asyncio.run(run_level(url, lines, clients, args.requests, args.seconds))
-                    r.update({"quantize": quantize, "batching": batching})
-                    results.append(r)
-                    print(json.dumps(r), file=sys.stderr, flush=True)
-            finally:
-                proc.send_signal(signal.SIGTERM)
-                code = proc.wait(timeout=300)
-                if code != 0:
-                    print(f"server exited {code}; log: {log}", file=sys.stderr)
-                else:
-                    Path(log).unlink()
-    print(f"single sentences from {args.src}, beam {args.beam}, server threads {args.threads}\n")
+                    rounds[config].append(r)
+            for (quantize, batching), rs in rounds.items():
+                row = {"model": "int8" if quantize == "int8" else "fp32", "batching": batching}
+                row.update({"clients": clients, **summarize(rs)})
+                results.append(row)
+                print(json.dumps(row), file=sys.stderr, flush=True)
+    finally:
+        for proc, _, _ in servers.values():
+            proc.send_signal(signal.SIGTERM)
+        for proc, _, log in servers.values():
+            code = proc.wait(timeout=300)
+            if code != 0:
+                print(f"error: a server exited {code}; log: {log}", file=sys.stderr)
+                sys.exit(1)
+            Path(log).unlink()
     print(
-        "| model | batching | clients | requests/s | p50 ms | p95 ms | p99 ms | answered | errors |"
+        f"single sentences from {args.src}, beam {args.beam}, server threads {args.threads}, "
+        f"{args.rounds} rounds of at most {args.requests} requests or {args.seconds:g} s per "
+        "level, the servers taking turns; requests/s: median of the rounds; latency "
+        "percentiles: all rounds pooled\n"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print(
+        "| model | batching | clients | requests/s | p50 ms | p95 ms | p99 ms "
+        "| sentences/batch | answered | errors |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in results:
         print(
-            f"| {'int8' if r['quantize'] == 'int8' else 'fp32'} | "
-            f"{'on' if r['batching'] else 'off'} | {r['clients']} | {r['requests_per_s']} | "
-            f"{r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} | {r['answered']}/{r['requests']} | "
-            f"{r['errors']} |"
+            f"| {r['model']} | {'on' if r['batching'] else 'off'} | {r['clients']} | "
+            f"{r['requests_per_s']} | {r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} | "
+            f"{r['sentences_per_batch']} | {r['answered']}/{r['requests']} | {r['errors']} |"
         )
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:

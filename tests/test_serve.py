@@ -308,3 +308,34 @@ def test_serve_config_is_checked(overrides: dict[str, Any], message: str) -> Non
         ServeConfig(ckpt="x", **overrides)
     with pytest.raises(ConfigError, match=re.escape("decode.beam_size=20: must not exceed")):
         ServeConfig(ckpt="x", decode=DecodeConfig(beam_size=20))
+
+
+@pytest.mark.slow
+def test_load_test_script(model: tuple[Path, list[str]], tmp_path: Path) -> None:
+    """scripts/load_test.py end to end, with tiny bounds: every request answered, exit 0."""
+    ckpt, _ = model
+    out = tmp_path / "load.json"
+    res = subprocess.run(
+        [
+            sys.executable,
+            "scripts/load_test.py",
+            str(ckpt),
+            "--src",
+            str(ckpt.parents[1] / "corpus/test.es"),
+        ]
+        + ["--clients", "1,4", "--batching", "on,off", "--quantize", "none,int8"]
+        + ["--requests", "4", "--seconds", "30", "--threads", "1", "--warmup", "2", "--rounds", "2"]
+        + ["--json", str(out)]
+        + [f"--override={a}" for a in SHORT_ARGS],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert res.returncode == 0, res.stderr
+    rows = json.loads(out.read_text())
+    assert len(rows) == 8
+    assert all(r["answered"] == r["requests"] == 8 and r["errors"] == 0 for r in rows)
+    assert all(len(r["rounds_requests_per_s"]) == 2 for r in rows)
+    assert "| int8 | off | 4 |" in res.stdout
