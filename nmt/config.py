@@ -42,6 +42,7 @@ def _fraction(key: str, value: float, closed: bool = False) -> None:
         _fail(key, value, f"must be in [0, 1{']' if closed else ')'}")
 
 
+QUANTIZE = ("none", "int8")  # decode-time quantization (nmt/quantize.py)
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
@@ -308,11 +309,59 @@ class TranslateConfig:
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     device: str = "auto"
     progress: bool = True
+    chunk_lines: int = 10_000  # lines read, translated and written at a time (bounded memory)
+    quantize: str = "none"  # none | int8 (CPU; see nmt/quantize.py)
 
     def __post_init__(self) -> None:
         self.decode.check()
         check_device("device", self.device)
         _choice("alignment_unit", self.alignment_unit, ("word", "subword"))
+        if not self.chunk_lines >= 1:
+            _fail("chunk_lines", self.chunk_lines, "must be 1 or more")
+        _choice("quantize", self.quantize, QUANTIZE)
+
+
+@dataclass
+class ServeConfig:
+    """``python -m nmt.serve``: an HTTP JSON API over one loaded model (see nmt/serve.py)."""
+
+    ckpt: str = "???"  # one path, or several joined by commas for an ensemble
+    host: str = "127.0.0.1"  # loopback only unless told otherwise
+    port: int = 8000  # 0 = any free port (the chosen one is logged)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)  # defaults for every request
+    device: str = "auto"
+    quantize: str = "none"  # none | int8 (CPU)
+    threads: int = 0  # torch intra-op threads; 0 = torch's default
+    batching: bool = True  # false: decode one request at a time
+    batch_wait_ms: float = 5.0  # how long a request waits for others to share its batch
+    max_queue: int = 256  # lines accepted and not yet answered; beyond it 503 + Retry-After
+    max_lines: int = 64  # lines per request (413 beyond)
+    max_chars: int = 20_000  # characters per request (413 beyond)
+    max_beam_size: int = 16  # largest beam_size a request may ask for
+    retry_after_s: int = 1  # the Retry-After of a 503
+    shutdown_timeout_s: float = 60.0  # SIGTERM: longest wait for accepted requests
+
+    def __post_init__(self) -> None:
+        self.decode.check()
+        check_device("device", self.device)
+        _choice("quantize", self.quantize, QUANTIZE)
+        if not self.host:
+            _fail("host", "''", "must not be empty")
+        if not 0 <= self.port <= 65535:
+            _fail("port", self.port, "must be in [0, 65535]")
+        for key in ("max_queue", "max_lines", "max_chars", "max_beam_size", "retry_after_s"):
+            if not getattr(self, key) >= 1:
+                _fail(key, getattr(self, key), "must be 1 or more")
+        for key in ("threads", "batch_wait_ms", "shutdown_timeout_s"):
+            _non_negative(key, getattr(self, key))
+        if self.max_lines > self.max_queue:
+            _fail("max_lines", self.max_lines, f"must not exceed max_queue={self.max_queue}")
+        if self.decode.beam_size > self.max_beam_size:
+            _fail(
+                "decode.beam_size",
+                self.decode.beam_size,
+                f"must not exceed max_beam_size={self.max_beam_size}",
+            )
 
 
 @dataclass
@@ -332,6 +381,7 @@ class EvaluateConfig:
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     device: str = "auto"
     progress: bool = True
+    quantize: str = "none"  # none | int8 (CPU; see nmt/quantize.py)
 
     def __post_init__(self) -> None:
         self.decode.check()
@@ -345,3 +395,4 @@ class EvaluateConfig:
             _choice("metric_names", name, ("bleu", "chrf", "ter"))
         for key in ("paired_n", "confidence_n", "width"):
             _non_negative(key, getattr(self, key))
+        _choice("quantize", self.quantize, QUANTIZE)

@@ -48,6 +48,7 @@ def checkpoint_language(spec: str) -> str:
 def translate_file(cfg: EvaluateConfig) -> list[str]:
     """Translate ``cfg.src`` with ``cfg.ckpt``; detokenised lines (empty in, empty out)."""
     from nmt.checkpoint import load_for_decoding
+    from nmt.quantize import quantize_model
     from nmt.runtime import pick_device, tune_malloc
     from nmt.search import translate_lines
     from nmt.translate import read_lines
@@ -55,8 +56,9 @@ def translate_file(cfg: EvaluateConfig) -> list[str]:
     tune_malloc()
     assert cfg.ckpt is not None and cfg.src is not None
     src = read_lines(cfg.src)
-    device = pick_device(cfg.device)
+    device = pick_device("cpu" if cfg.quantize != "none" and cfg.device == "auto" else cfg.device)
     model, tokenizer = load_for_decoding(cfg.ckpt, device)
+    model = quantize_model(model, cfg.quantize)
     hyps = translate_lines(
         model, tokenizer, src, cfg.decode, device, progress=cfg.progress and sys.stderr.isatty()
     )

@@ -21,6 +21,7 @@ import torch
 
 from nmt.checkpoint import load_for_decoding
 from nmt.config import DecodeConfig
+from nmt.quantize import quantize_model
 from nmt.runtime import pick_device
 from nmt.search import Translation, translate_lines, translate_with_attention
 from nmt.tokenizer import Tokenizer
@@ -41,15 +42,20 @@ class Translator:
 
     @classmethod
     def load(
-        cls, path: str | Path | list[str | Path], device: str = "auto", **decode: Any
+        cls,
+        path: str | Path | list[str | Path],
+        device: str = "auto",
+        quantize: str = "none",
+        **decode: Any,
     ) -> Translator:
         """``path``: a checkpoint, or a list of them (an ensemble sharing one vocabulary).
+        ``quantize``: ``none`` or ``int8`` (CPU; see nmt/quantize.py).
         ``decode``: any ``DecodeConfig`` field (beam_size, nbest, length_penalty, max_len_a,
         max_len_b, min_len, max_tokens)."""
         spec = ",".join(map(str, path)) if isinstance(path, list) else str(path)
-        dev = pick_device(device)
+        dev = pick_device("cpu" if quantize != "none" and device == "auto" else device)
         model, tokenizer = load_for_decoding(spec, dev)
-        return cls(model, tokenizer, DecodeConfig(**decode), dev)
+        return cls(quantize_model(model, quantize), tokenizer, DecodeConfig(**decode), dev)
 
     def translate(self, lines: list[str]) -> list[str]:
         """The best translation of each line, in order; empty lines stay empty."""

@@ -103,4 +103,12 @@ def test_console_scripts_from_an_empty_directory(
         ["nmt-train", "trainer.valid_every=0"], cwd=work, env=env, capture_output=True, text=True
     )
     assert bad.returncode == 2 and bad.stderr.startswith("error: trainer.valid_every=0")
+    serve = subprocess.run(  # the console script and its packaged config (no server started)
+        ["nmt-serve", "ckpt=run/best.pt", "port=70000"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert serve.returncode == 2 and serve.stderr.startswith("error: port=70000"), serve.stderr
     shutil.rmtree(work / "data")
