@@ -35,10 +35,17 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env["PIP_NO_INDEX"] = "1"  # never download
     # build from a copy: a build writes build/ and *.egg-info into the tree it builds
-    skip = (".venv", ".git", "build", "dist", "runs", "data", "*.egg-info", "__pycache__")
-    skip += (".pytest_cache", ".mypy_cache", ".ruff_cache", ".peers", ".whl", "outputs")
+    top = {".venv", ".git", "build", "dist", "runs", "data", "outputs", ".peers", ".whl"}
+    anywhere = {"__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache"}
+
+    def skip(folder: str, names: list[str]) -> list[str]:
+        at_top = Path(folder) == ROOT
+        return [
+            n for n in names if n in anywhere or n.endswith(".egg-info") or (at_top and n in top)
+        ]
+
     src = tmp / "src"
-    shutil.copytree(ROOT, src, symlinks=True, ignore=shutil.ignore_patterns(*skip))
+    shutil.copytree(ROOT, src, symlinks=True, ignore=skip)
     sh(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w"]
         + [str(tmp / "wheels"), str(src)],
