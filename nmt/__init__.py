@@ -39,8 +39,8 @@ if TYPE_CHECKING:
         TrainConfig,
         TrainerConfig,
     )
-    from nmt.search import Translation
     from nmt.trainer import train as train_model
+    from nmt.translation import Translation
     from nmt.translator import Translator
 
 
@@ -51,7 +51,7 @@ def __getattr__(name: str) -> Any:
 
         return Translator
     if name == "Translation":
-        from nmt.search import Translation
+        from nmt.translation import Translation
 
         return Translation
     if name == "train_model":

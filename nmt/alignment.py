@@ -1,7 +1,7 @@
 """Hard alignments from attention weights, in Pharaoh ``i-j`` format.
 
 Attention matrices here are (target tokens + eos) x (source tokens + eos), as returned by
-``nmt.search.translate_with_attention``. Each target subword is linked to the source subword
+``nmt.translation.translate_with_attention``. Each target subword is linked to the source subword
 it attends to most; a target subword whose strongest weight is on the source eos is left
 unaligned, and so is the target eos row. Word positions come from the SentencePiece pieces: a
 piece that starts with ``▁`` starts a new word, so word ``k`` is the ``k``-th whitespace-separated

@@ -228,25 +228,3 @@ def average_checkpoints(paths: list[str | Path]) -> dict[str, Any]:
         "tokenizer": first["tokenizer"],
         "averaged_from": [str(p) for p in paths],
     }
-
-
-def load_for_decoding(
-    spec: str, device: str | torch.device = "cpu"
-) -> tuple[torch.nn.Module, Tokenizer]:
-    """One checkpoint path, or several joined by commas (an ensemble sharing one vocabulary)."""
-    from nmt.search import Ensemble
-
-    paths = [p.strip() for p in spec.split(",") if p.strip()]
-    if not paths:
-        raise CheckpointError("ckpt: no checkpoint given")
-    loaded = [load_model(p, device)[:2] for p in paths]
-    if len(loaded) == 1:
-        return loaded[0]
-    tokenizer = loaded[0][1]
-    for p, (_, tok) in zip(paths[1:], loaded[1:], strict=True):
-        if tok.fingerprint() != tokenizer.fingerprint():
-            raise CheckpointError(
-                f"{p}: its vocabulary differs from {paths[0]}'s; only checkpoints sharing a "
-                "SentencePiece model can be ensembled"
-            )
-    return Ensemble([m for m, _ in loaded]).eval(), tokenizer

@@ -47,11 +47,10 @@ def checkpoint_language(spec: str) -> str:
 
 def translate_file(cfg: EvaluateConfig) -> list[str]:
     """Translate ``cfg.src`` with ``cfg.ckpt``; detokenised lines (empty in, empty out)."""
-    from nmt.checkpoint import load_for_decoding
     from nmt.quantize import quantize_model
     from nmt.runtime import pick_device, tune_malloc
-    from nmt.search import translate_lines
     from nmt.translate import read_lines
+    from nmt.translation import best_texts, load_for_decoding, translate_lines
 
     tune_malloc()
     assert cfg.ckpt is not None and cfg.src is not None
@@ -62,8 +61,7 @@ def translate_file(cfg: EvaluateConfig) -> list[str]:
     hyps = translate_lines(
         model, tokenizer, src, cfg.decode, device, progress=cfg.progress and sys.stderr.isatty()
     )
-    texts = tokenizer.decode_tgt([h[0].tokens for h in hyps])
-    return [t if s.strip() else "" for t, s in zip(texts, src, strict=True)]
+    return best_texts(tokenizer, src, hyps)
 
 
 def run(cfg: EvaluateConfig) -> tuple[list[dict[str, Any]], str]:

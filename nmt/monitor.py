@@ -20,8 +20,8 @@ from nmt.config import TrainConfig
 if TYPE_CHECKING:
     from nmt.data import Prepared
     from nmt.model import Seq2Seq
-    from nmt.search import Translation
     from nmt.tokenizer import Tokenizer
+    from nmt.translation import Translation
 
 N_SAMPLES = 3
 N_HEATMAPS = 3  # dev sentences drawn at each validation
@@ -102,7 +102,7 @@ class Monitor:
         if self.writer is None:
             return
         from nmt.config import DecodeConfig
-        from nmt.search import translate_with_attention
+        from nmt.translation import translate_with_attention
 
         picked = pick_sentences(srcs, tokenizer)
         if not picked:

@@ -138,7 +138,7 @@ class Batcher:
                 _deliver(job, result)
 
     def _decode(self, jobs: list[Job]) -> list[list[Any]]:
-        from nmt.search import translate_ids
+        from nmt.translation import translate_ids
 
         ids = [row for job in jobs for row in job.ids]
         tok = self.tokenizer
@@ -367,9 +367,9 @@ async def serve(app: web.Application, cfg: ServeConfig) -> None:
 def run(cfg: ServeConfig) -> None:
     import torch
 
-    from nmt.checkpoint import load_for_decoding
     from nmt.quantize import quantize_model
     from nmt.runtime import pick_device, tune_malloc
+    from nmt.translation import load_for_decoding
 
     tune_malloc()
     if cfg.threads:

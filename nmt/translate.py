@@ -173,10 +173,9 @@ def run(cfg: TranslateConfig) -> None:
     is the same whatever the chunk size."""
     from tqdm import tqdm
 
-    from nmt.checkpoint import load_for_decoding
     from nmt.quantize import quantize_model
     from nmt.runtime import pick_device, tune_malloc
-    from nmt.search import translate_lines
+    from nmt.translation import best_texts, load_for_decoding, translate_lines
 
     tune_malloc()
     check_writable("output", cfg.output)
@@ -196,8 +195,7 @@ def run(cfg: TranslateConfig) -> None:
         with tqdm(total=total, disable=not progress, desc="translate", unit="line") as bar:
             for lines in chunks(cfg.input, cfg.chunk_lines, interactive=not regular):
                 hyps = translate_lines(model, tokenizer, lines, cfg.decode, device)
-                best = tokenizer.decode_tgt([h[0].tokens for h in hyps])
-                out.write([t if line.strip() else "" for t, line in zip(best, lines, strict=True)])
+                out.write(best_texts(tokenizer, lines, hyps))
                 if nbest is not None:
                     nbest.write(nbest_rows(tokenizer, hyps, done))
                 if align is not None:
@@ -231,7 +229,7 @@ def alignment_rows(
     """Pharaoh ``i-j`` lines (source i, target j, 0-based) for each best hypothesis, in word
     or subword positions (``cfg.alignment_unit``); see ``nmt.alignment``."""
     from nmt.alignment import alignment_line
-    from nmt.search import attach_attention
+    from nmt.translation import attach_attention
 
     translations = attach_attention(model, tokenizer, lines, [h[0] for h in hyps], device)
     return [

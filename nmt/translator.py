@@ -19,12 +19,17 @@ from typing import Any
 
 import torch
 
-from nmt.checkpoint import load_for_decoding
 from nmt.config import DecodeConfig
 from nmt.quantize import quantize_model
 from nmt.runtime import pick_device
-from nmt.search import Translation, translate_lines, translate_with_attention
 from nmt.tokenizer import Tokenizer
+from nmt.translation import (
+    Translation,
+    best_texts,
+    load_for_decoding,
+    translate_lines,
+    translate_with_attention,
+)
 
 
 class Translator:
@@ -60,8 +65,7 @@ class Translator:
     def translate(self, lines: list[str]) -> list[str]:
         """The best translation of each line, in order; empty lines stay empty."""
         hyps = translate_lines(self.model, self.tokenizer, lines, self.decode, self.device)
-        texts = self.tokenizer.decode_tgt([h[0].tokens for h in hyps])
-        return [t if line.strip() else "" for t, line in zip(texts, lines, strict=True)]
+        return best_texts(self.tokenizer, lines, hyps)
 
     def translate_nbest(
         self, lines: list[str], nbest: int | None = None

@@ -32,7 +32,7 @@ from nmt.run import (
     write_json,
 )
 from nmt.runtime import autocast
-from nmt.search import translate_lines
+from nmt.translation import best_texts, translate_lines
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def validate(
     )
     decode = replace(cfg.decode, beam_size=cfg.trainer.valid_beam_size, nbest=1)
     hyps = translate_lines(model, tok, src_lines, decode, device)
-    texts = tok.decode_tgt([h[0].tokens for h in hyps])
+    texts = best_texts(tok, src_lines, hyps)
     scores = score(texts, ref_lines, ("bleu", "chrf"), cfg.data.tgt, cfg.metrics)
     model.train()
     return {
@@ -181,7 +181,7 @@ def evaluate_test(run: Run) -> dict[str, Any]:
     model.eval()
     src, ref = prepared.raw("test")
     hyps = translate_lines(model, prepared.tokenizer, src, cfg.decode, run.device)
-    texts = prepared.tokenizer.decode_tgt([h[0].tokens for h in hyps])
+    texts = best_texts(prepared.tokenizer, src, hyps)
     hyp_path = out_dir / f"test.hyp.{cfg.data.tgt}"
     hyp_path.write_text("".join(t + "\n" for t in texts), encoding="utf-8")
     scores = score(texts, ref, ("bleu", "chrf"), cfg.data.tgt, cfg.metrics)

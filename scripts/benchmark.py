@@ -25,7 +25,7 @@ round is kept, which keeps ratios fair on a machine whose speed drifts):
   after the training runs; the higher of the two), the median rate of an N x N matmul (``--peak-size``: 2048 on CPU, 8192 on CUDA) in the training dtype (fp32,
   or bf16 for a bf16 run) on the same device and thread count.
 - decoding: the dev split's first ``--decode-sentences`` source sentences (pre-encoded, so
-  SentencePiece is not timed) through ``nmt.search.translate_ids``, greedy (beam 1) and beam 5,
+  SentencePiece is not timed) through ``nmt.translation.translate_ids``, greedy (beam 1) and beam 5,
   in fp32 as ``nmt.translate`` runs; sentences/s and output tokens/s (eos excluded), with
   ``decode.max_tokens`` and the mean output length. The model is the base run's model after its
   timed updates (barely trained: its output lengths differ from a trained model's), or
@@ -464,7 +464,7 @@ def run_decode(
     spec: dict[str, Any], cfg: Any, prepared: Any, model: torch.nn.Module, device: torch.device
 ) -> dict[str, Any]:
     """Greedy and beam-5 speed on the dev split's first sentences (see the module docstring)."""
-    from nmt.search import translate_ids
+    from nmt.translation import translate_ids
 
     tok = prepared.tokenizer
     source = "model after the base run's warm-up and timed updates"

@@ -1,6 +1,6 @@
 """Decoding speed of one checkpoint on one source file: the before/after A/B tool.
 
-Times ``nmt.search.translate_ids`` (SentencePiece not timed) on the first ``--sentences`` lines,
+Times ``nmt.translation.translate_ids`` (SentencePiece not timed) on the first ``--sentences`` lines,
 ``--repeats`` times after one warm-up, and prints the median. To compare two versions of the
 code, run it from a second checkout in alternating processes on the same machine, e.g.
 
@@ -27,7 +27,7 @@ import torch
 
 from nmt.checkpoint import load_model
 from nmt.config import DecodeConfig
-from nmt.search import translate_ids
+from nmt.translation import translate_ids
 
 
 def main() -> None:

@@ -333,7 +333,7 @@ def section_resume(chk: Check) -> dict[str, Any]:
 def section_translations(chk: Check) -> dict[str, Any]:
     from nmt.checkpoint import load_model
     from nmt.config import DecodeConfig
-    from nmt.search import translate_lines
+    from nmt.translation import translate_lines
 
     ckpt = chk.shared.get("fp32_checkpoint")
     if ckpt is None:

@@ -26,7 +26,7 @@ from nmt.checkpoint import load_model
 from nmt.config import DecodeConfig
 from nmt.metrics import score
 from nmt.quantize import quantize_model
-from nmt.search import translate_lines
+from nmt.translation import translate_lines
 
 
 def main() -> None:

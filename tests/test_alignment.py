@@ -14,9 +14,10 @@ import torch
 
 from nmt.alignment import alignment_line, hard_alignment, pharaoh, to_words, word_positions
 from nmt.config import ConfigError, DecodeConfig, TranslateConfig
+from nmt.ensemble import Ensemble
 from nmt.monitor import Monitor, render_attention, save_attention_png
-from nmt.search import Ensemble, forced_attention, translate_lines, translate_with_attention
 from nmt.translate import run as translate_run
+from nmt.translation import forced_attention, translate_lines, translate_with_attention
 
 ROOT = Path(__file__).resolve().parents[1]
 GREEDY = DecodeConfig(beam_size=1, max_len_a=1.0, max_len_b=3)

@@ -17,7 +17,7 @@ from nmt import Translator
 from nmt.checkpoint import load_model
 from nmt.config import ConfigError, TranslateConfig
 from nmt.quantize import is_quantized, quantize_model
-from nmt.search import _make_src
+from nmt.translation import _make_src
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tiny_model import tiny_checkpoint  # noqa: E402

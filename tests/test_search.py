@@ -20,17 +20,11 @@ from torch import Tensor
 from nmt import search
 from nmt.batching import BucketBatchSampler
 from nmt.config import DecodeConfig, ModelConfig, TokenizerConfig
+from nmt.ensemble import Ensemble
 from nmt.model import DecoderState, Seq2Seq, build_model
-from nmt.search import (
-    Ensemble,
-    Hypothesis,
-    beam_search,
-    gnmt_penalty,
-    greedy_decode,
-    greedy_search,
-    translate_lines,
-)
+from nmt.search import Hypothesis, beam_search, gnmt_penalty, greedy_decode, greedy_search
 from nmt.tokenizer import Tokenizer
+from nmt.translation import translate_lines
 
 VOCAB = 20
 PAD, UNK, BOS, EOS = 0, 1, 2, 3

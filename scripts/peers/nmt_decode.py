@@ -5,7 +5,7 @@
 
 SRC holds raw source lines, encoded with the checkpoint's SentencePiece model (the peer
 benchmark gives OpenNMT-py the same ids as pieces, so both toolkits decode the same input).
-``nmt.search.translate_ids`` (what ``nmt.translate`` runs) translates the first 16 lines
+``nmt.translation.translate_ids`` (what ``nmt.translate`` runs) translates the first 16 lines
 as a warm-up, then all lines ``--repeats`` times, each call timed (model loading and
 SentencePiece not timed). The best hypothesis of each line is written to ``--output`` as
 target pieces, and the timings as JSON to ``--json-out``.
@@ -22,7 +22,7 @@ import torch
 
 from nmt.checkpoint import load_model
 from nmt.config import DecodeConfig
-from nmt.search import translate_ids
+from nmt.translation import translate_ids
 
 
 def main() -> None:
