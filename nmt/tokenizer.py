@@ -11,7 +11,7 @@ import hashlib
 import io
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import sentencepiece as spm
@@ -215,9 +215,9 @@ def read_tokenizer(spec: str) -> Tokenizer:
     return _checked(spec, lambda: Tokenizer(proto, proto, joint=True))
 
 
-def _checked(spec: str, make: object) -> Tokenizer:
+def _checked(spec: str, make: Callable[[], Tokenizer]) -> Tokenizer:
     try:
-        return make()  # type: ignore[operator, no-any-return]
+        return make()
     except (OSError, RuntimeError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise TokenizerSourceError(

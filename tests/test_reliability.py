@@ -365,8 +365,6 @@ def test_stale_temporary_files_are_removed_and_live_ones_kept(
     host = socket.gethostname()
     sleeper = subprocess.Popen(["sleep", "60"])
     try:
-        dead = subprocess.run(["true"], check=True)
-        del dead
         dead_pid = 2**22 + 17  # above the default pid_max: no such process
         stale = out / f".last.pt.{host}.{dead_pid}.x1y2.tmp"
         live = out / f".last.pt.{host}.{sleeper.pid}.a1b2.tmp"
