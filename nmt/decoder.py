@@ -32,16 +32,25 @@ wiring); otherwise it loops over the same ``_step`` as incremental decoding.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from nmt.attention import Attention, Memory
 from nmt.dropout import Dropout, dropout
-from nmt.lstm import SharedWeight, lstm_cell, packed_lstm, torch_lstm
+from nmt.lstm import (
+    SharedWeight,
+    layer_weights,
+    lstm_cell,
+    lstm_step,
+    run_packed,
+    torch_lstm,
+    uses_nmt,
+)
 
 BRIDGE_MODES = ("learned", "copy", "zero")
 
@@ -197,14 +206,13 @@ class Decoder(nn.Module):
         positions before them.
         """
         emb = self.dropout(self.embedding(tgt_in))  # (B, T, E)
-        ours = self._ours(tgt_in.device)
+        ours = uses_nmt(self.rnn_impl, tgt_in.device)
         if self.fast_path:
             if ours:
                 out = self._packed_rnn(emb, tgt_in, state)  # (B, T, Hd), 0 after each row's end
             else:
                 out, _ = torch_lstm(self.rnn, emb, (state.h, state.c))  # (B, T, Hd) fp32
-            context, weights = self.attention(out, memory)  # (B, T, Dv), (B, T, S)
-            att = torch.tanh(self.combine(torch.cat([out, context], dim=-1)))  # (B, T, Hd)
+            att, weights = self._attend(out, memory)  # (B, T, Hd), (B, T, S)
             return self.dropout(att), weights
         if ours:
             # the loop runs in fp32 (its matmuls are small; under autocast they gain nothing)
@@ -221,31 +229,23 @@ class Decoder(nn.Module):
         att = torch.stack(atts, dim=1)  # T x (B, Hd) -> (B, T, Hd)
         return self.dropout(att), torch.stack(all_weights, dim=1)  # T x (B, S) -> (B, T, S)
 
-    def _ours(self, device: torch.device) -> bool:
-        """Whether ``rnn_impl`` resolves to nmt's implementation on ``device``."""
-        return self.rnn_impl == "nmt" or (self.rnn_impl == "auto" and device.type == "cpu")
+    def _attend(
+        self,
+        out: Tensor,
+        memory: Memory,
+        attended: tuple[Tensor, Tensor] | None = None,
+        combine: Callable[[Tensor], Tensor] | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """The attention step, for T steps at once or one: LSTM outputs out (B, T, Hd) ->
+        (attentional states a = tanh(W [o; ctx]) (B, T, Hd), weights (B, T, S)).
 
-    def _rnn_step(self, x: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """One step of ``self.rnn`` as two addmm per layer and a fused cell: x (B, In),
-        h/c (Ld, B, Hd) -> (top output (B, Hd), h, c). In incremental decoding on the CPU the
-        batch shrinks to a few rows at the end, where ``nn.LSTM``'s per-call set-up dominates
-        (measured at 4 rows, two 512-unit layers: 2.2 ms per step with it, 1.3 ms with this)."""
-        rnn = self.rnn
-        hs: list[Tensor] = []
-        cs: list[Tensor] = []
-        inp = x
-        for layer in range(self.num_layers):
-            if layer > 0:
-                inp = dropout(inp, rnn.dropout, self.training)
-            w_ih = rnn.get_parameter(f"weight_ih_l{layer}")
-            w_hh = rnn.get_parameter(f"weight_hh_l{layer}")
-            bias = rnn.get_parameter(f"bias_ih_l{layer}") + rnn.get_parameter(f"bias_hh_l{layer}")
-            gates = torch.addmm(bias, inp, w_ih.t()) + h[layer] @ w_hh.t()  # (B, 4Hd)
-            h_l, c_l = lstm_cell(gates, c[layer])
-            hs.append(h_l)
-            cs.append(c_l)
-            inp = h_l
-        return inp, torch.stack(hs), torch.stack(cs)
+        ``attended``: (context (B, T, Dv), weights) already computed (Bahdanau wiring attends
+        before the LSTM); otherwise the outputs are the queries. ``combine``: W as a callable
+        (the step loop's ``SharedWeight``), ``self.combine`` by default.
+        """
+        context, weights = attended if attended is not None else self.attention(out, memory)
+        joined = torch.cat([out, context], dim=-1)  # (B, T, Hd + Dv)
+        return torch.tanh((combine or self.combine)(joined)), weights
 
     def _packed_rnn(self, emb: Tensor, tgt_in: Tensor, state: DecoderState) -> Tensor:
         """The fast path's LSTM with ``nmt.lstm.packed_lstm`` over the real positions only.
@@ -254,16 +254,7 @@ class Decoder(nn.Module):
         """
         lengths = (tgt_in != self.pad_id).sum(dim=1).cpu()  # (B,) >= 1 (bos)
         packed = pack_padded_sequence(emb, lengths, batch_first=True, enforce_sorted=False)
-        assert packed.sorted_indices is not None
-        order = packed.sorted_indices
-        sorted_lengths = lengths[order.cpu()].tolist()
-        initial = (state.h.index_select(1, order), state.c.index_select(1, order))
-        data, _, _ = packed_lstm(
-            self.rnn, packed.data, packed.batch_sizes.tolist(), sorted_lengths, initial
-        )
-        out = PackedSequence(
-            data, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices
-        )
+        out, _ = run_packed(self.rnn, packed, lengths, (state.h, state.c))
         padded, _ = pad_packed_sequence(out, batch_first=True, total_length=tgt_in.size(1))
         return padded  # (B, T, Hd)
 
@@ -277,18 +268,14 @@ class Decoder(nn.Module):
         """
         rnn = self.rnn
         emb_size = emb.size(-1)
-        w_ih0 = rnn.get_parameter("weight_ih_l0")  # (4Hd, E [+ Hd] [+ Dv])
-        w_hh0 = rnn.get_parameter("weight_hh_l0")
-        bias0 = rnn.get_parameter("bias_ih_l0") + rnn.get_parameter("bias_hh_l0")
+        w_ih0, w_hh0, bias0 = layer_weights(rnn, 0)  # w_ih0 (4Hd, E [+ Hd] [+ Dv])
         x_emb = F.linear(emb, w_ih0[:, :emb_size], bias0)  # (B, T, 4Hd)
         recurrent = [SharedWeight(torch.cat([w_ih0[:, emb_size:], w_hh0], dim=1))]
         biases: list[Tensor] = [x_emb.new_zeros(())]
         for layer in range(1, self.num_layers):
-            w = torch.cat(
-                [getattr(rnn, f"weight_ih_l{layer}"), getattr(rnn, f"weight_hh_l{layer}")], 1
-            )
-            recurrent.append(SharedWeight(w))
-            biases.append(getattr(rnn, f"bias_ih_l{layer}") + getattr(rnn, f"bias_hh_l{layer}"))
+            w_ih, w_hh, bias = layer_weights(rnn, layer)
+            recurrent.append(SharedWeight(torch.cat([w_ih, w_hh], dim=1)))
+            biases.append(bias)
         combine = SharedWeight(self.combine.weight)  # (Hd, Hd + Dv), no bias
         hs, cs = list(state.h.unbind(0)), list(state.c.unbind(0))  # Ld x (B, Hd)
         att_prev = state.att
@@ -300,10 +287,10 @@ class Decoder(nn.Module):
             inputs: list[Tensor] = []
             if self.input_feeding:
                 inputs.append(att_prev)  # (B, Hd)
-            context: Tensor | None = None
+            attended: tuple[Tensor, Tensor] | None = None
             if self.attend_first:
-                context, weights = self.attention(hs[-1][:, None, :], memory)  # (B, 1, Dv)
-                inputs.append(context[:, 0])
+                attended = self.attention(hs[-1][:, None, :], memory)  # (B, 1, Dv), (B, 1, S)
+                inputs.append(attended[0][:, 0])
             x = x_t  # (B, 4Hd) embedding part of the bottom layer's gates
             for layer in range(self.num_layers):
                 if layer > 0:
@@ -311,10 +298,8 @@ class Decoder(nn.Module):
                     inputs, x = [below], biases[layer]
                 gates = x + recurrent[layer](torch.cat([*inputs, hs[layer]], dim=-1))
                 hs[layer], cs[layer] = lstm_cell(gates, cs[layer])
-            out = hs[-1]  # (B, Hd)
-            if context is None:
-                context, weights = self.attention(out[:, None, :], memory)  # (B, 1, Dv)
-            att_prev = torch.tanh(combine(torch.cat([out, context[:, 0]], dim=-1)))  # (B, Hd)
+            att, weights = self._attend(hs[-1][:, None, :], memory, attended, combine)
+            att_prev = att[:, 0]  # (B, Hd)
             atts.append(att_prev)
             all_weights.append(weights[:, 0])  # (B, S)
         att = torch.stack(atts, dim=1)  # T x (B, Hd) -> (B, T, Hd)
@@ -337,18 +322,17 @@ class Decoder(nn.Module):
         inputs = [emb]
         if self.input_feeding:
             inputs.append(state.att)  # (B, Hd)
-        context: Tensor | None = None
+        attended: tuple[Tensor, Tensor] | None = None
         if self.attend_first:
             query = state.h[-1][:, None, :]  # top layer (B, Hd) -> (B, 1, Hd)
-            context, weights = self.attention(query, memory)  # (B, 1, Dv), (B, 1, S)
-            inputs.append(context[:, 0])  # (B, Dv)
+            attended = self.attention(query, memory)  # (B, 1, Dv), (B, 1, S)
+            inputs.append(attended[0][:, 0])  # (B, Dv)
         x = torch.cat(inputs, dim=-1)  # (B, In)
-        if self._ours(x.device) and not torch.is_grad_enabled():  # incremental decoding
-            top, h, c = self._rnn_step(x, state.h, state.c)  # (B, Hd); (Ld, B, Hd)
+        if uses_nmt(self.rnn_impl, x.device) and not torch.is_grad_enabled():  # incremental
+            top, h, c = lstm_step(self.rnn, x, state.h, state.c, self.training)  # (Ld, B, Hd)
             out = top[:, None, :]  # (B, 1, Hd)
         else:
             out, (h, c) = torch_lstm(self.rnn, x[:, None, :], (state.h, state.c))  # (B, 1, Hd)
-        if context is None:
-            context, weights = self.attention(out, memory)  # (B, 1, Dv), (B, 1, S)
-        att = torch.tanh(self.combine(torch.cat([out, context], dim=-1)))[:, 0]  # (B, Hd)
+        att, weights = self._attend(out, memory, attended)  # (B, 1, Hd), (B, 1, S)
+        att = att[:, 0]  # (B, Hd)
         return att, DecoderState(h=h, c=c, att=att), weights[:, 0]  # weights (B, 1, S) -> (B, S)

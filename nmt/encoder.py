@@ -17,13 +17,11 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from nmt.device import async_to
 from nmt.dropout import Dropout
-from nmt.lstm import packed_lstm, torch_lstm
-
-RNN_IMPLS = ("auto", "torch", "nmt")
+from nmt.lstm import RNN_IMPLS, run_packed, uses_nmt
 
 
 class EncoderOutput(NamedTuple):
@@ -100,28 +98,10 @@ class Encoder(nn.Module):
         packed = pack_padded_sequence(
             emb, src_lengths.cpu(), batch_first=True, enforce_sorted=False
         )
-        if self.rnn_impl == "nmt" or (self.rnn_impl == "auto" and src.device.type == "cpu"):
-            packed_out, (h, c) = self._packed_lstm(packed, src_lengths)
-        else:
-            packed_out, (h, c) = torch_lstm(self.rnn, packed)  # (L*D, B, H) in batch order
+        ours = uses_nmt(self.rnn_impl, src.device)
+        packed_out, (h, c) = run_packed(self.rnn, packed, src_lengths, ours=ours)  # batch order
         outputs, _ = pad_packed_sequence(
             packed_out, batch_first=True, padding_value=0.0, total_length=max_len
         )  # (B, S, D*H)
         mask = lengths_to_mask(src_lengths, max_len, src.device)  # (B, S)
         return EncoderOutput(outputs=outputs, h=h, c=c, mask=mask)
-
-    def _packed_lstm(
-        self, packed: PackedSequence, src_lengths: Tensor
-    ) -> tuple[PackedSequence, tuple[Tensor, Tensor]]:
-        """``self.rnn(packed)`` computed by ``packed_lstm``; same outputs and batch order."""
-        assert packed.sorted_indices is not None and packed.unsorted_indices is not None
-        sorted_lengths = src_lengths.cpu()[packed.sorted_indices.cpu()].tolist()
-        data, h, c = packed_lstm(self.rnn, packed.data, packed.batch_sizes.tolist(), sorted_lengths)
-        out = PackedSequence(
-            data, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices
-        )
-        # (L*D, B, H) in sorted order -> batch order
-        return out, (
-            h.index_select(1, packed.unsorted_indices),
-            c.index_select(1, packed.unsorted_indices),
-        )

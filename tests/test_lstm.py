@@ -19,7 +19,15 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 from nmt.config import ModelConfig
 from nmt.encoder import Encoder
-from nmt.lstm import SharedWeight, lstm_cell, packed_lstm
+from nmt.lstm import (
+    SharedWeight,
+    layer_weights,
+    lstm_cell,
+    lstm_step,
+    packed_lstm,
+    run_packed,
+    uses_nmt,
+)
 from nmt.model import build_model
 from nmt.runtime import tune_malloc
 
@@ -224,6 +232,71 @@ def test_shared_weight_matches_matmul_in_a_loop() -> None:
     with torch.no_grad():
         x = torch.randn(2, 3)
         torch.testing.assert_close(SharedWeight(w)(x), x @ w.t())
+
+
+def test_shared_weight_takes_any_leading_shape() -> None:
+    torch.manual_seed(9)
+    w = torch.randn(4, 3, requires_grad=True)
+    x = torch.randn(2, 5, 3, requires_grad=True)
+    grads = []
+    for use in (lambda v: v @ w.t(), SharedWeight(w)):
+        w.grad = x.grad = None
+        y = use(x)
+        assert y.shape == (2, 5, 4)
+        (y * torch.arange(40.0).view(2, 5, 4)).sum().backward()
+        assert w.grad is not None and x.grad is not None
+        grads.append((y.detach(), w.grad.clone(), x.grad.clone()))
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(b, a)
+
+
+def test_rnn_impl_rule() -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert uses_nmt("auto", cpu) and not uses_nmt("auto", cuda)
+    assert uses_nmt("nmt", cpu) and uses_nmt("nmt", cuda)
+    assert not uses_nmt("torch", cpu) and not uses_nmt("torch", cuda)
+    with pytest.raises(ValueError, match="rnn_impl 'cudnn'"):
+        uses_nmt("cudnn", cpu)
+
+
+def test_layer_weights_are_the_lstm_parameters() -> None:
+    lstm = torch.nn.LSTM(3, 4, num_layers=2, bidirectional=True)
+    w_ih, w_hh, bias = layer_weights(lstm, 1, reverse=True)
+    assert w_ih is lstm.weight_ih_l1_reverse and w_hh is lstm.weight_hh_l1_reverse
+    torch.testing.assert_close(bias, lstm.bias_ih_l1_reverse + lstm.bias_hh_l1_reverse)
+    assert layer_weights(lstm, 0)[0] is lstm.weight_ih_l0
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_run_packed_impls_agree_in_batch_order(bidirectional: bool) -> None:
+    """Unsorted lengths and an initial state in batch order: both implementations return what
+    nn.LSTM returns, states in batch order."""
+    torch.manual_seed(10)
+    lstm = torch.nn.LSTM(5, 6, num_layers=2, bidirectional=bidirectional, batch_first=True)
+    lengths = torch.tensor([3, 7, 1, 5])
+    x = torch.randn(4, 7, 5)
+    dirs = 2 if bidirectional else 1
+    state = (torch.randn(2 * dirs, 4, 6), torch.randn(2 * dirs, 4, 6))
+    packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    ref_out, (ref_h, ref_c) = lstm(packed, state)
+    for ours in (True, False):
+        out, (h, c) = run_packed(lstm, packed, lengths, state, ours=ours)
+        _close(out.data, ref_out.data)
+        _close(h, ref_h)
+        _close(c, ref_c)
+
+
+def test_lstm_step_matches_nn_lstm() -> None:
+    torch.manual_seed(11)
+    lstm = torch.nn.LSTM(5, 6, num_layers=3, batch_first=True)
+    x = torch.randn(4, 5)
+    h, c = torch.randn(3, 4, 6), torch.randn(3, 4, 6)
+    ref, (ref_h, ref_c) = lstm(x[:, None, :], (h, c))
+    with torch.no_grad():
+        top, new_h, new_c = lstm_step(lstm, x, h, c, training=False)
+    _close(top, ref[:, 0])
+    _close(new_h, ref_h)
+    _close(new_c, ref_c)
 
 
 def test_lstm_cell_matches_equations_and_autograd() -> None:
