@@ -324,7 +324,7 @@ def make_update(arm: Arm, cfg: Any, prepared: Any, device: torch.device) -> tupl
     from nmt.loss import Criterion
     from nmt.model import build_model
     from nmt.optim import build_optimizer
-    from nmt.trainer import train_update
+    from nmt.trainer import Step, train_update
 
     tcfg, ocfg, tok = cfg.trainer, cfg.optim, prepared.tokenizer
     model_cfg = replace(cfg.model, input_feeding=arm.input_feeding, rnn_impl=arm.rnn_impl)
@@ -339,6 +339,7 @@ def make_update(arm: Arm, cfg: Any, prepared: Any, device: torch.device) -> tupl
     optimizer = build_optimizer(model.parameters(), ocfg)
     scaler = torch.amp.GradScaler("cuda") if arm.precision == "fp16" else None
     ctx = dist_utils.DistContext(device=device)
+    step = Step(criterion, model, optimizer, scaler, ctx, device, arm.precision, ocfg.clip_norm)
 
     def update() -> dict[str, float]:
         group = []
@@ -347,9 +348,7 @@ def make_update(arm: Arm, cfg: Any, prepared: Any, device: torch.device) -> tupl
             group.append(
                 collate([(i, *train_set[i]) for i in idx], tok.pad_id, tok.bos_id, tok.eos_id)
             )
-        stats = train_update(
-            group, criterion, model, optimizer, scaler, ctx, device, arm.precision, ocfg.clip_norm
-        )
+        stats = train_update(group, step)
         return {
             "tgt": float(stats.tokens),
             "src": float(sum(int(b.src_lengths.sum()) for b in group)),
