@@ -14,8 +14,9 @@ round is kept, which keeps ratios fair on a machine whose speed drifts):
 
 - training: ``--updates`` optimizer updates through ``nmt.trainer.train_update`` (the trainer's
   own step: autocast, label-smoothed loss on real target tokens, backward, clipping, Adam) on
-  what the trainer's own set-up builds (``nmt.trainer.setup_data``, ``setup_model``), batches drawn and collated inside the timed loop as the trainer does; validation and
-  checkpointing are not part of it. Reported: real (non-pad) target tokens/s, source+target
+  what the trainer's own set-up builds (``nmt.trainer.setup_data``, ``setup_model``), batches
+  drawn and collated inside the timed loop as the trainer does; validation and checkpointing
+  are not part of it. Reported: real (non-pad) target tokens/s, source+target
   tokens/s, updates/s, the padding fraction of the batches trained on (pad cells / all cells of
   the (B, S) and (B, T) tensors; eos/bos count as real), and the peak memory: the process's
   peak RSS (``ru_maxrss``) read right after training, and on CUDA
