@@ -538,14 +538,7 @@ def prepare(data: DataConfig, tok: TokenizerConfig, chunk_lines: int = CHUNK_LIN
     remove_stale(cache_root)
 
     if (final / SUMMARY).is_file():
-        summary = json.loads((final / SUMMARY).read_text(encoding="utf-8"))
-        # the same content may be reached through other paths and stems than the ones that
-        # built it
-        summary["path"] = str(final)
-        summary["files"] = {split: [str(p) for p in pair] for split, pair in paths.items()}
-        summary["split_names"] = stems
-        logger.info("reusing prepared data in %s", final)
-        return Prepared(final, Tokenizer.load(final), summary, reused=True)
+        return _reuse(final, paths, stems)
 
     cache_root.mkdir(parents=True, exist_ok=True)
     prefix = f".tmp-{key}-{_host()}-{os.getpid()}-"
@@ -554,14 +547,7 @@ def prepare(data: DataConfig, tok: TokenizerConfig, chunk_lines: int = CHUNK_LIN
         logger.info("preparing %s -> %s", root, final)
         tokenizer, summary = _build(tmp, final, scans, paths, data, tok, key, times, start)
         fault_point("prepare")
-        if final.exists() and not (final / SUMMARY).is_file():
-            shutil.rmtree(final)  # incomplete leftover (summary deleted by hand)
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not (final / SUMMARY).is_file():
-                raise
-            shutil.rmtree(tmp)  # a concurrent prepare finished the same cache first
+        _move_into_place(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -574,3 +560,26 @@ def prepare(data: DataConfig, tok: TokenizerConfig, chunk_lines: int = CHUNK_LIN
         summary["time_s"]["total"],
     )
     return Prepared(final, tokenizer, summary, reused=False)
+
+
+def _reuse(final: Path, paths: dict[str, tuple[Path, Path]], stems: dict[str, str]) -> Prepared:
+    """The cache ``final`` built before, its summary naming this call's files."""
+    summary = json.loads((final / SUMMARY).read_text(encoding="utf-8"))
+    # the same content may be reached through other paths and stems than the ones that built it
+    summary["path"] = str(final)
+    summary["files"] = {split: [str(p) for p in pair] for split, pair in paths.items()}
+    summary["split_names"] = stems
+    logger.info("reusing prepared data in %s", final)
+    return Prepared(final, Tokenizer.load(final), summary, reused=True)
+
+
+def _move_into_place(tmp: Path, final: Path) -> None:
+    """Rename the built directory ``tmp`` to ``final`` (one rename: readers see all or none)."""
+    if final.exists() and not (final / SUMMARY).is_file():
+        shutil.rmtree(final)  # incomplete leftover (summary deleted by hand)
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        if not (final / SUMMARY).is_file():
+            raise
+        shutil.rmtree(tmp)  # a concurrent prepare finished the same cache first

@@ -7,7 +7,6 @@ by 16 bytes a pair per side (offsets and lengths), not with the text.
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,15 +16,6 @@ from nmt.tokenizer import Tokenizer
 
 SPLITS = ("train", "dev", "test")
 SIDES = ("src", "tgt")
-
-
-def _flatten(seqs: list[list[int]], dtype: type[np.integer]) -> tuple[np.ndarray, np.ndarray]:
-    """Ragged id lists -> (flat ids, int64 offsets (N + 1,))."""
-    lengths = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs))
-    offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    flat = np.fromiter(itertools.chain.from_iterable(seqs), dtype=dtype, count=int(offsets[-1]))
-    return flat, offsets
 
 
 class ParallelDataset:
@@ -50,15 +40,6 @@ class ParallelDataset:
         self._tgt_off = tgt_offsets.view(np.ndarray)
         self.src_lengths: np.ndarray = np.diff(self._src_off).astype(np.int64, copy=False)
         self.tgt_lengths: np.ndarray = np.diff(self._tgt_off).astype(np.int64, copy=False)
-
-    @classmethod
-    def from_lists(cls, src: list[list[int]], tgt: list[list[int]]) -> ParallelDataset:
-        """In-memory dataset (tests, translation); `tgt` may be empty lists."""
-        if len(src) != len(tgt):
-            raise ValueError(f"{len(src)} source vs {len(tgt)} target sequences")
-        src_ids, src_off = _flatten(src, np.int64)
-        tgt_ids, tgt_off = _flatten(tgt, np.int64)
-        return cls(src_ids, src_off, tgt_ids, tgt_off)
 
     @classmethod
     def load(cls, directory: Path, split: str) -> ParallelDataset:

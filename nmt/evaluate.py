@@ -24,8 +24,9 @@ from typing import Any
 
 import hydra
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from nmt.cli import log_to_stderr, to_config, user_errors
 from nmt.config import EvaluateConfig
 
 ConfigStore.instance().store(name="evaluate_schema", node=EvaluateConfig)
@@ -162,15 +163,10 @@ def _main(dcfg: DictConfig) -> None:
     from nmt.checkpoint import CheckpointError
     from nmt.translate import InputError
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
-    try:
-        cfg: EvaluateConfig = OmegaConf.to_object(dcfg)  # type: ignore[assignment]
+    log_to_stderr()
+    with user_errors(InputError, CheckpointError, ValueError):
+        cfg = to_config(dcfg, EvaluateConfig)
         result, text = run(cfg)
-    except (InputError, CheckpointError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
     if cfg.json_output:
         Path(cfg.json_output).write_text(
             json.dumps(result, indent=1, ensure_ascii=False) + "\n", encoding="utf-8"

@@ -14,8 +14,9 @@ import sys
 
 import hydra
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from nmt.cli import to_config, user_errors
 from nmt.config import ConfigError, PrepareConfig
 from nmt.data import DataError, prepare
 
@@ -30,13 +31,9 @@ def main(cfg: DictConfig) -> None:
         stream=sys.stderr,
         force=True,  # replace the handler Hydra installs on the root logger (stdout)
     )
-    try:
-        conf = OmegaConf.to_object(cfg)
-        assert isinstance(conf, PrepareConfig)
+    with user_errors(DataError, ConfigError):
+        conf = to_config(cfg, PrepareConfig)
         prepared = prepare(conf.data, conf.tokenizer)
-    except (DataError, ConfigError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
     print(json.dumps(prepared.summary, indent=2))
     print(f"summary: {prepared.path / 'summary.json'}", file=sys.stderr)
 

@@ -56,10 +56,3 @@ def quantize_model(model: nn.Module, mode: str, lstms: bool = LSTMS) -> nn.Modul
             if hasattr(module, "rnn_impl"):
                 module.rnn_impl = "torch"
     return quantized.eval()
-
-
-def is_quantized(model: nn.Module) -> bool:
-    """Whether any submodule is a dynamically quantized one."""
-    return any(
-        type(m).__module__.startswith("torch.ao.nn.quantized.dynamic") for m in model.modules()
-    )

@@ -139,10 +139,7 @@ def greedy_decode(
     device = src.device
     cpu_limits = max_output_lengths(src_lengths, max_len_a, max_len_b)  # (B,) on the CPU
     limits = cpu_limits.to(device)  # (B,)
-    out = torch.zeros(batch, max(int(cpu_limits.max()), 1), dtype=torch.long, device=device)
-    out_len = torch.zeros(batch, dtype=torch.long, device=device)  # (B,) output tokens
-    out_scored = torch.zeros(batch, dtype=torch.long, device=device)  # (B,) + eos if ended so
-    out_logprob = torch.zeros(batch, dtype=torch.float32, device=device)  # (B,)
+    output = _GreedyOutput.empty(batch, max(int(cpu_limits.max()), 1), device)
 
     sent = torch.arange(batch, device=device)  # (A,) batch index of each row
     prev = torch.full((batch,), bos_id, dtype=torch.long, device=device)  # (A,)
@@ -163,21 +160,51 @@ def greedy_decode(
         log_probs = _block_eos(log_probs, eos_id, t, min_len)
         best, prev = log_probs.max(dim=1)  # (A,), (A,)
         cum = cum + best.float()
-        # written for every row with torch.where (a boolean index would need a host sync);
-        # rows that are not alive keep what they hold
-        out[sent, t] = torch.where(alive, prev, out[sent, t])
         is_eos = prev == eos_id  # (A,)
         done = alive & (is_eos | (t + 1 >= limits[sent]))  # (A,) finishing at this step
-        out_len[sent] = torch.where(done, torch.where(is_eos, t, t + 1), out_len[sent])
-        out_scored[sent] = torch.where(done, t + 1, out_scored[sent])
-        out_logprob[sent] = torch.where(done, cum, out_logprob[sent])
+        output.write(sent, t, prev, alive, done, is_eos, cum)
         alive = alive & ~done
         t += 1
-    rows, lens, scored = out.tolist(), out_len.tolist(), out_scored.tolist()
-    return [
-        Hypothesis(row[:n], lp / gnmt_penalty(m, length_penalty), lp)
-        for row, n, m, lp in zip(rows, lens, scored, out_logprob.tolist(), strict=True)
-    ]
+    return output.hypotheses(length_penalty)
+
+
+@dataclass
+class _GreedyOutput:
+    """Every sentence's output tokens, written as they are chosen, and how each ended."""
+
+    tokens: Tensor  # (B, Lmax) int64
+    length: Tensor  # (B,) int64 output tokens (no eos)
+    scored: Tensor  # (B,) int64 scored tokens: the output tokens, + eos if it ended so
+    logprob: Tensor  # (B,) float32
+
+    @classmethod
+    def empty(cls, batch: int, max_len: int, device: torch.device) -> _GreedyOutput:
+        return cls(
+            tokens=torch.zeros(batch, max_len, dtype=torch.long, device=device),
+            length=torch.zeros(batch, dtype=torch.long, device=device),
+            scored=torch.zeros(batch, dtype=torch.long, device=device),
+            logprob=torch.zeros(batch, dtype=torch.float32, device=device),
+        )
+
+    def write(
+        self, sent: Tensor, t: int, token: Tensor, alive: Tensor, done: Tensor, is_eos: Tensor,
+        cum: Tensor,
+    ) -> None:  # fmt: skip
+        """Step ``t``'s tokens (A,) of the rows ``sent`` (A,); rows ``done`` (A,) end here with
+        log-probability ``cum`` (A,). Written for every row with ``torch.where`` (a boolean
+        index would need a host sync): rows that are not alive keep what they hold."""
+        self.tokens[sent, t] = torch.where(alive, token, self.tokens[sent, t])
+        self.length[sent] = torch.where(done, torch.where(is_eos, t, t + 1), self.length[sent])
+        self.scored[sent] = torch.where(done, t + 1, self.scored[sent])
+        self.logprob[sent] = torch.where(done, cum, self.logprob[sent])
+
+    def hypotheses(self, alpha: float) -> list[Hypothesis]:
+        """One per sentence, in batch order, scored with the GNMT penalty ``alpha``."""
+        rows, lens, scored = self.tokens.tolist(), self.length.tolist(), self.scored.tolist()
+        return [
+            Hypothesis(row[:n], lp / gnmt_penalty(m, alpha), lp)
+            for row, n, m, lp in zip(rows, lens, scored, self.logprob.tolist(), strict=True)
+        ]
 
 
 def greedy_search(
@@ -403,64 +430,109 @@ def beam_search(
         return []
     alpha = length_penalty
     device = src.device
-    memory, state = model.encode(src, src_lengths)
-    state = _tile(state, batch, k, device)  # B -> B*K rows; the memory keeps B rows
     cpu_limits = max_output_lengths(src_lengths, max_len_a, max_len_b)  # (B,) on the CPU
     limits = cpu_limits.to(device)  # (B,)
     fin = _Finished.empty(batch, k, max(int(cpu_limits.max()), 1), device)
-
-    sent = torch.arange(batch, device=device)  # (A,) batch index of each active sentence
-    alive_score = torch.full((batch, k), -math.inf, device=device)  # (A, K) raw log-probs
-    alive_score[:, 0] = 0.0  # all beams start identical: expand only the first
-    alive_tokens = torch.zeros(batch, k, 0, dtype=torch.long, device=device)  # (A, K, t)
-    prev = torch.full((batch * k,), bos_id, dtype=torch.long, device=device)  # (A*K,)
+    beams = _Beams.start(model, src, src_lengths, k, bos_id)
 
     empty = limits <= 0  # no output allowed: one empty hypothesis
-    fin.add(sent, empty.unsqueeze(1), alive_score[:, :1], alive_tokens[:, :1], 0, 0.0)
+    fin.add(beams.sent, empty.unsqueeze(1), beams.score[:, :1], beams.tokens[:, :1], 0, 0.0)
     done = empty
     t = 0
     while True:
         if bool(done.any()):
-            keep = (~done).nonzero().squeeze(1)  # (A',)
-            rows = _prune_rows(keep, k)  # (A'*K,)
-            sent, alive_score, alive_tokens = sent[keep], alive_score[keep], alive_tokens[keep]
-            prev = prev[rows]
-            memory, state = memory.index_select(keep), state.index_select(rows)
-        if sent.numel() == 0:
+            beams.keep((~done).nonzero().squeeze(1))
+        if beams.sent.numel() == 0:
             break
-        log_probs, state, _ = model.step(prev, state, memory)  # (A*K, V)
-        log_probs = _block_eos(log_probs, eos_id, t, min_len).float()
-        cand_score, cand_beam, cand_token = _top_extensions(log_probs, alive_score)  # (A, 2K)
-        is_eos = cand_token == eos_id  # (A, 2K)
-
-        # eos among the top K candidates: finished; tokens = the source beam's history
-        history = alive_tokens.gather(1, cand_beam[:, :k, None].expand(-1, -1, t))  # (A, K, t)
-        fin.add(sent, is_eos[:, :k], cand_score[:, :k], history, t + 1, alpha)
-
-        # the best K non-eos candidates stay alive
-        pos = _first_alive(is_eos, k)  # (A, K)
-        beams = cand_beam.gather(1, pos)  # (A, K)
-        tokens = cand_token.gather(1, pos)  # (A, K)
-        alive_score = cand_score.gather(1, pos)  # (A, K)
-        alive_tokens = torch.cat(
-            [alive_tokens.gather(1, beams.unsqueeze(2).expand(-1, -1, t)), tokens.unsqueeze(2)],
-            dim=2,
-        )  # (A, K, t) + (A, K, 1) -> (A, K, t+1)
-        state = _reorder(state, beams)
-        prev = tokens.view(-1)  # (A, K) -> (A*K,)
-
+        _extend(model, beams, fin, t, eos_id, min_len, alpha)
         # alive hypotheses at the maximum length are finished as they are
-        at_limit = t + 1 >= limits[sent]  # (A,)
-        fin.add(sent, at_limit.unsqueeze(1).expand(-1, k), alive_score, alive_tokens, t + 1, alpha)
-        done = at_limit | (fin.count[sent] >= k)
-        if early_stop:  # no alive hypothesis can reach the n-th best finished score any more
-            best_alive = alive_score.max(dim=1).values  # (A,) raw log-probs <= 0
-            longest = limits[sent].double()  # (A,) the largest scored length still possible
-            bound = torch.maximum(
-                best_alive.double() / gnmt_penalty(t + 2, alpha),
-                best_alive.double() / ((5.0 + longest) / 6.0) ** alpha,
-            )  # (A,)
-            nth_best = fin.score[sent].topk(nbest, dim=1).values[:, -1]  # (A,) -inf if fewer
-            done = done | (torch.isfinite(nth_best) & (nth_best.double() >= bound))
+        at_limit = t + 1 >= limits[beams.sent]  # (A,)
+        fin.add(
+            beams.sent, at_limit.unsqueeze(1).expand(-1, k), beams.score, beams.tokens, t + 1, alpha
+        )
+        done = at_limit | (fin.count[beams.sent] >= k)
+        if early_stop:
+            done = done | _cannot_improve(beams, fin, limits[beams.sent], t, nbest, alpha)
         t += 1
     return _finalize(fin, nbest)
+
+
+@dataclass
+class _Beams:
+    """The alive hypotheses of the active sentences: A sentences, K beams each."""
+
+    sent: Tensor  # (A,) batch index of each active sentence
+    score: Tensor  # (A, K) raw log-probs
+    tokens: Tensor  # (A, K, t) output tokens so far
+    prev: Tensor  # (A*K,) each beam's last token
+    memory: Any  # A rows (shared by a sentence's K beams)
+    state: Any  # A*K rows
+
+    @classmethod
+    def start(
+        cls, model: Searchable, src: Tensor, src_lengths: Tensor, beam_size: int, bos_id: int
+    ) -> _Beams:
+        """Every sentence encoded, its K beams identical: only the first is expanded."""
+        batch, device = src.size(0), src.device
+        memory, state = model.encode(src, src_lengths)
+        score = torch.full((batch, beam_size), -math.inf, device=device)  # (B, K)
+        score[:, 0] = 0.0  # all beams start identical: expand only the first
+        return cls(
+            sent=torch.arange(batch, device=device),
+            score=score,
+            tokens=torch.zeros(batch, beam_size, 0, dtype=torch.long, device=device),
+            prev=torch.full((batch * beam_size,), bos_id, dtype=torch.long, device=device),
+            memory=memory,
+            state=_tile(state, batch, beam_size, device),  # B -> B*K rows; memory keeps B
+        )
+
+    def keep(self, keep: Tensor) -> None:
+        """Only the sentences at positions ``keep`` (A',) stay, with their beams."""
+        rows = _prune_rows(keep, self.score.size(1))  # (A'*K,)
+        self.sent, self.score, self.tokens = self.sent[keep], self.score[keep], self.tokens[keep]
+        self.prev = self.prev[rows]
+        self.memory, self.state = self.memory.index_select(keep), self.state.index_select(rows)
+
+
+def _extend(
+    model: Searchable, beams: _Beams, fin: _Finished, t: int, eos_id: int, min_len: int,
+    alpha: float,
+) -> None:  # fmt: skip
+    """One step: expand every alive beam, set aside eos among the top K candidates as
+    finished, keep the best K non-eos candidates alive."""
+    k = beams.score.size(1)
+    log_probs, state, _ = model.step(beams.prev, beams.state, beams.memory)  # (A*K, V)
+    log_probs = _block_eos(log_probs, eos_id, t, min_len).float()
+    cand_score, cand_beam, cand_token = _top_extensions(log_probs, beams.score)  # (A, 2K)
+    is_eos = cand_token == eos_id  # (A, 2K)
+
+    # eos among the top K candidates: finished; tokens = the source beam's history
+    history = beams.tokens.gather(1, cand_beam[:, :k, None].expand(-1, -1, t))  # (A, K, t)
+    fin.add(beams.sent, is_eos[:, :k], cand_score[:, :k], history, t + 1, alpha)
+
+    # the best K non-eos candidates stay alive
+    pos = _first_alive(is_eos, k)  # (A, K)
+    chosen = cand_beam.gather(1, pos)  # (A, K)
+    tokens = cand_token.gather(1, pos)  # (A, K)
+    beams.score = cand_score.gather(1, pos)  # (A, K)
+    beams.tokens = torch.cat(
+        [beams.tokens.gather(1, chosen.unsqueeze(2).expand(-1, -1, t)), tokens.unsqueeze(2)],
+        dim=2,
+    )  # (A, K, t) + (A, K, 1) -> (A, K, t+1)
+    beams.state = _reorder(state, chosen)
+    beams.prev = tokens.view(-1)  # (A, K) -> (A*K,)
+
+
+def _cannot_improve(
+    beams: _Beams, fin: _Finished, limits: Tensor, t: int, nbest: int, alpha: float
+) -> Tensor:
+    """(A,) sentences whose alive hypotheses can no longer reach the n-th best finished score
+    (``early_stop``); limits: (A,) their maximum lengths."""
+    best_alive = beams.score.max(dim=1).values  # (A,) raw log-probs <= 0
+    longest = limits.double()  # (A,) the largest scored length still possible
+    bound = torch.maximum(
+        best_alive.double() / gnmt_penalty(t + 2, alpha),
+        best_alive.double() / ((5.0 + longest) / 6.0) ** alpha,
+    )  # (A,)
+    nth_best = fin.score[beams.sent].topk(nbest, dim=1).values[:, -1]  # (A,) -inf if fewer
+    return torch.isfinite(nth_best) & (nth_best.double() >= bound)

@@ -32,7 +32,6 @@ import asyncio
 import json
 import logging
 import signal
-import sys
 import threading
 import time
 from collections import deque
@@ -42,8 +41,9 @@ from typing import Any
 import hydra
 from aiohttp import web
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from nmt.cli import fail, log_to_stderr, to_config, user_errors
 from nmt.config import DecodeConfig, ServeConfig
 
 ConfigStore.instance().store(name="serve_schema", node=ServeConfig)
@@ -391,20 +391,13 @@ def run(cfg: ServeConfig) -> None:
 def main(dcfg: DictConfig) -> None:
     from nmt.checkpoint import CheckpointError
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
-    try:
-        cfg: ServeConfig = OmegaConf.to_object(dcfg)  # type: ignore[assignment]
-        run(cfg)
-    except (CheckpointError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except OSError as e:  # the address is in use, not allowed ...
-        print(
-            f"error: host={cfg.host} port={cfg.port}: cannot listen ({e.strerror})", file=sys.stderr
-        )
-        sys.exit(2)
+    log_to_stderr()
+    with user_errors(CheckpointError, ValueError):
+        cfg = to_config(dcfg, ServeConfig)
+        try:
+            run(cfg)
+        except OSError as e:  # the address is in use, not allowed ...
+            fail(f"host={cfg.host} port={cfg.port}: cannot listen ({e.strerror})")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from nmt.cli import to_config, user_errors
 from nmt.config import TrainConfig
 
 ConfigStore.instance().store(name="train_schema", node=TrainConfig)
@@ -75,7 +76,7 @@ def resume_config(dcfg: DictConfig, overrides: list[str], out_dir: Path) -> Trai
     from nmt.config import ConfigError
     from nmt.resume import find_resume
 
-    composed: TrainConfig = OmegaConf.to_object(dcfg)  # type: ignore[assignment]
+    composed = to_config(dcfg, TrainConfig)
     path = find_resume(composed, out_dir)
     assert path is not None
     stored = load_checkpoint(path).get("train_config")
@@ -108,7 +109,7 @@ def resume_config(dcfg: DictConfig, overrides: list[str], out_dir: Path) -> Trai
     merged = OmegaConf.merge(base, changes)
     merged.resume = composed.resume
     merged.out_dir = composed.out_dir
-    return OmegaConf.to_object(merged)  # type: ignore[return-value]
+    return to_config(merged, TrainConfig)
 
 
 def _known_keys(stored: dict, schema: object) -> dict:
@@ -131,24 +132,22 @@ def main(dcfg: DictConfig) -> None:
 
     ctx = dist_utils.DistContext()
     try:
-        cfg: TrainConfig = OmegaConf.to_object(dcfg)  # type: ignore[assignment]
-        out_dir = Path(cfg.out_dir or HydraConfig.get().runtime.output_dir)
-        if cfg.resume:
-            cfg = resume_config(dcfg, list(HydraConfig.get().overrides.task), out_dir)
-        # join torchrun's process group here (train() reuses it and leaves it when done)
-        ctx = dist_utils.init(cfg.device, cfg.trainer.dist_timeout_s)
-        if ctx.rank != 0:
-            logging.basicConfig(
-                level=logging.WARNING,
-                format=f"[rank {ctx.rank}] %(levelname)s %(name)s: %(message)s",
-                stream=sys.stderr,
-                force=True,
-            )
-        out_dir = Path(dist_utils.broadcast_object(ctx, str(out_dir)))
-        results = train(cfg, out_dir)
-    except (DataError, CheckpointError, TrainingError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        with user_errors(DataError, CheckpointError, TrainingError, ValueError):
+            cfg = to_config(dcfg, TrainConfig)
+            out_dir = Path(cfg.out_dir or HydraConfig.get().runtime.output_dir)
+            if cfg.resume:
+                cfg = resume_config(dcfg, list(HydraConfig.get().overrides.task), out_dir)
+            # join torchrun's process group here (train() reuses it and leaves it when done)
+            ctx = dist_utils.init(cfg.device, cfg.trainer.dist_timeout_s)
+            if ctx.rank != 0:
+                logging.basicConfig(
+                    level=logging.WARNING,
+                    format=f"[rank {ctx.rank}] %(levelname)s %(name)s: %(message)s",
+                    stream=sys.stderr,
+                    force=True,
+                )
+            out_dir = Path(dist_utils.broadcast_object(ctx, str(out_dir)))
+            results = train(cfg, out_dir)
     except TrainingInterrupted as e:
         if ctx.rank == 0 and e.path is not None:
             print(

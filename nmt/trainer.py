@@ -344,6 +344,7 @@ def train_loop(run: Run, flag: StopFlag, bar: tqdm) -> str:
     cfg, state, tcfg = run.cfg, run.state, run.cfg.trainer
     tok = run.prepared.tokenizer
     acc = LogWindow()
+    step = Step.of(run)
     run_start = time.perf_counter() - state.elapsed_s
     run.model.train()
     flag.immediate = False
@@ -353,10 +354,7 @@ def train_loop(run: Run, flag: StopFlag, bar: tqdm) -> str:
             run.sampler, run.train_set, tok.pad_id, tok.bos_id, tok.eos_id, tcfg.accum_steps
         ):
             updated = True
-            stats = train_update(
-                group, run.criterion, run.model, run.optimizer, run.scaler, run.ctx,
-                run.device, tcfg.precision, cfg.optim.clip_norm,
-            )  # fmt: skip
+            stats = train_update(group, step)
             if not stats.finite:
                 skip_update(run, state)
                 continue
@@ -465,19 +463,33 @@ def finish(run: Run, stop_reason: str) -> dict[str, Any]:
     return results
 
 
-def train_update(
-    group: list[Batch],
-    criterion: nn.Module,
-    model: Seq2Seq,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler | None,
-    ctx: dist_utils.DistContext,
-    device: torch.device,
-    precision: str,
-    clip_norm: float,
-) -> UpdateStats:
+@dataclass(frozen=True)
+class Step:
+    """What ``train_update`` needs besides the batches: the parts of a run one optimizer update
+    uses (``Step.of(run)`` in the loop; benchmarks and tests build one from their own parts)."""
+
+    criterion: nn.Module  # the model + loss (DDP-wrapped under torchrun)
+    model: Seq2Seq
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None  # fp16 only
+    ctx: dist_utils.DistContext
+    device: torch.device
+    precision: str  # trainer.precision: fp32 | bf16 | fp16
+    clip_norm: float  # optim.clip_norm (0: no clipping)
+
+    @classmethod
+    def of(cls, run: Run) -> Step:
+        return cls(
+            run.criterion, run.model, run.optimizer, run.scaler, run.ctx, run.device,
+            run.cfg.trainer.precision, run.cfg.optim.clip_norm,
+        )  # fmt: skip
+
+
+def train_update(group: list[Batch], step: Step) -> UpdateStats:
     """One optimizer update over ``group`` (accumulated batches), normalised by the number of
     real target tokens across the group and across all ranks."""
+    criterion, model, optimizer, scaler = step.criterion, step.model, step.optimizer, step.scaler
+    ctx, device = step.ctx, step.device
     local_tokens = sum(b.n_tgt_tokens for b in group)
     total_tokens = dist_utils.sum_int(ctx, local_tokens)
     # DDP averages gradients over ranks; scale so the result is sum(loss) / total_tokens
@@ -493,7 +505,7 @@ def train_update(
         sync = i == len(group) - 1
         no_sync = getattr(criterion, "no_sync", None)
         with no_sync() if (no_sync is not None and not sync) else nullcontext():
-            with autocast(device, precision):
+            with autocast(device, step.precision):
                 loss, nll = criterion(b.src, b.src_lengths, b.tgt_in, b.tgt_out, rows)
             scaled = loss * scale
             if scaler is not None:
@@ -506,7 +518,7 @@ def train_update(
         real += int(batch.src_lengths.sum()) + b.n_tgt_tokens
     if scaler is not None:
         scaler.unscale_(optimizer)
-    norm = grad_norm_(model, clip_norm)
+    norm = grad_norm_(model, step.clip_norm)
     values = torch.stack([loss_sum, nll_sum, norm.detach().double()])
     bad = (~torch.isfinite(values)).any().double().reshape(1)
     bad = dist_utils.max_tensor(ctx, bad)  # skip (or not) on every rank alike

@@ -29,8 +29,9 @@ from typing import TYPE_CHECKING, TextIO
 
 import hydra
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from nmt.cli import log_to_stderr, to_config, user_errors
 from nmt.config import TranslateConfig
 
 if TYPE_CHECKING:
@@ -242,15 +243,9 @@ def alignment_rows(
 def main(dcfg: DictConfig) -> None:
     from nmt.checkpoint import CheckpointError
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
-    try:
-        cfg: TranslateConfig = OmegaConf.to_object(dcfg)  # type: ignore[assignment]
-        run(cfg)
-    except (InputError, CheckpointError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    log_to_stderr()
+    with user_errors(InputError, CheckpointError, ValueError):
+        run(to_config(dcfg, TranslateConfig))
 
 
 if __name__ == "__main__":

@@ -63,7 +63,7 @@ from nmt.distributed import DistContext, no_buffer_sync  # noqa: E402
 from nmt.loss import Criterion  # noqa: E402
 from nmt.model import Seq2Seq, build_model  # noqa: E402
 from nmt.optim import build_optimizer  # noqa: E402
-from nmt.trainer import train_update  # noqa: E402
+from nmt.trainer import Step, train_update  # noqa: E402
 
 log = logging.getLogger("gpu_check")
 
@@ -382,18 +382,9 @@ def section_nccl(chk: Check) -> dict[str, Any]:
                 criterion = DistributedDataParallel(criterion, device_ids=None, **no_buffer_sync())
             optimizer = build_optimizer(model.parameters(), OptimConfig())
             ctx = DistContext(device=chk.device, cpu_group=cpu_group)
+            step = Step(criterion, model, optimizer, None, ctx, chk.device, "fp32", 1.0)
             for seed in range(5):
-                stats = train_update(
-                    [make_batch(seed)],
-                    criterion,
-                    model,
-                    optimizer,
-                    None,
-                    ctx,
-                    chk.device,
-                    "fp32",
-                    1.0,
-                )
+                stats = train_update([make_batch(seed)], step)
                 assert stats.finite
             params[wrapped] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         diff = max(float((params[True][k] - params[False][k]).abs().max()) for k in params[True])
@@ -429,9 +420,10 @@ def sync_counts(chk: Check, impl: str, steps: int) -> dict[str, int]:
     criterion = Criterion(model, 0.1)
     optimizer = build_optimizer(model.parameters(), OptimConfig())
     ctx = DistContext(device=chk.device)
+    step = Step(criterion, model, optimizer, None, ctx, chk.device, "fp32", 1.0)
 
     def update() -> None:
-        train_update([batch], criterion, model, optimizer, None, ctx, chk.device, "fp32", 1.0)
+        train_update([batch], step)
 
     update()  # warm-up (optimizer state, allocator)
     per_update = count_syncs(update)

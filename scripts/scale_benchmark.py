@@ -173,7 +173,7 @@ def train_child(args: argparse.Namespace) -> None:
     from nmt.data import collate, prepare
     from nmt.model import build_model
     from nmt.optim import build_optimizer
-    from nmt.trainer import Criterion, train_sampler, train_update
+    from nmt.trainer import Criterion, Step, train_sampler, train_update
 
     torch.set_num_threads(args.threads)
     t_import = time.perf_counter()
@@ -206,6 +206,7 @@ def train_child(args: argparse.Namespace) -> None:
     criterion = Criterion(model, cfg.optim.label_smoothing)
     optimizer = build_optimizer(model.parameters(), cfg.optim)
     ctx = dist_utils.DistContext(device=device)
+    step = Step(criterion, model, optimizer, None, ctx, device, "fp32", cfg.optim.clip_norm)
     times["model_s"] = time.perf_counter() - t0
     times["startup_s"] = time.perf_counter() - t_import
     t0 = time.perf_counter()
@@ -213,9 +214,7 @@ def train_child(args: argparse.Namespace) -> None:
     for _ in range(args.updates):
         batch = collate([(i, *train_set[i]) for i in idx], tok.pad_id, tok.bos_id, tok.eos_id)
         model.train()
-        train_update(
-            [batch], criterion, model, optimizer, None, ctx, device, "fp32", cfg.optim.clip_norm
-        )
+        train_update([batch], step)
         idx = next(batches)
     times["updates_s"] = time.perf_counter() - t0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -28,7 +28,7 @@ from nmt.loss import Criterion
 from nmt.model import build_model
 from nmt.optim import build_optimizer
 from nmt.rng import seed_everything
-from nmt.trainer import train_update, update_groups
+from nmt.trainer import Step, train_update, update_groups
 
 
 def train_updates(cfg: TrainConfig, n_updates: int) -> dict[str, Any]:
@@ -56,14 +56,13 @@ def train_updates(cfg: TrainConfig, n_updates: int) -> dict[str, Any]:
     if ctx.world_size > 1:
         criterion = DistributedDataParallel(criterion)
     optimizer = build_optimizer(model.parameters(), cfg.optim)
+    step = Step(criterion, model, optimizer, None, ctx, ctx.device, "fp32", cfg.optim.clip_norm)
     batches: list[list[int]] = []
     groups = update_groups(sampler, train_set, tok.pad_id, tok.bos_id, tok.eos_id, tcfg.accum_steps)
     for group in groups:
         if len(batches) == n_updates:
             break
-        stats = train_update(
-            group, criterion, model, optimizer, None, ctx, ctx.device, "fp32", cfg.optim.clip_norm
-        )
+        stats = train_update(group, step)
         assert stats.finite
         batches.append(sorted(int(i) for b in group for i in b.index))
     assert len(batches) == n_updates, "the test wants more updates than one epoch holds"

@@ -26,7 +26,7 @@ from nmt.loss import Criterion
 from nmt.model import Seq2Seq, build_model
 from nmt.optim import build_optimizer
 from nmt.search import beam_search, greedy_search
-from nmt.trainer import train_update
+from nmt.trainer import Step, train_update
 
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS (resume)
 
@@ -138,11 +138,10 @@ def test_mixed_precision_updates_are_finite(precision: str) -> None:
     model, criterion, optimizer = update_parts("torch")
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
     ctx, dev = DistContext(device=torch.device("cuda")), torch.device("cuda")
+    step = Step(criterion, model, optimizer, scaler, ctx, dev, precision, 1.0)
     losses = []
     for _ in range(20):
-        stats = train_update(
-            [make_batch()], criterion, model, optimizer, scaler, ctx, dev, precision, 1.0
-        )
+        stats = train_update([make_batch()], step)
         if stats.finite:
             losses.append(stats.loss)
     assert len(losses) >= 15 and losses[-1] < losses[0]
@@ -165,9 +164,10 @@ def test_few_syncs_per_update_and_per_decoding_step() -> None:
     model, criterion, optimizer = update_parts("torch")
     ctx, dev = DistContext(device=torch.device("cuda")), torch.device("cuda")
     batch = make_batch()
+    step = Step(criterion, model, optimizer, None, ctx, dev, "fp32", 1.0)
 
     def update() -> None:
-        train_update([batch], criterion, model, optimizer, None, ctx, dev, "fp32", 1.0)
+        train_update([batch], step)
 
     update()  # warm-up
     # the one read of the update, plus what PyTorch's packing utilities do (sorted and

@@ -71,18 +71,24 @@ def test_empty_split(tmp_path):
 # ParallelDataset
 
 
-def test_dataset_from_lists():
+def test_dataset_from_flat_ids_and_offsets():
+    """What ``ParallelDataset.load`` gives it: flat ids and (N + 1,) offsets per side."""
     src = [[4, 5, 6], [], [9]]
     tgt = [[1], [2, 3], []]
-    ds = ParallelDataset.from_lists(src, tgt)
+    ds = ParallelDataset(
+        np.array([4, 5, 6, 9], dtype=np.int16),
+        np.array([0, 3, 3, 4], dtype=np.int64),
+        np.array([1, 2, 3], dtype=np.int16),
+        np.array([0, 1, 3, 3], dtype=np.int64),
+    )
     assert len(ds) == 3
     assert ds.src_lengths.tolist() == [3, 0, 1] and ds.src_lengths.dtype == np.int64
     assert ds.tgt_lengths.tolist() == [1, 2, 0]
     for i in range(3):
         s, t = ds[i]
         assert s.tolist() == src[i] and t.tolist() == tgt[i]
-    with pytest.raises(ValueError):
-        ParallelDataset.from_lists([[1]], [])
+    with pytest.raises(ValueError):  # one source sentence, no target
+        ParallelDataset(np.array([1]), np.array([0, 1]), np.array([]), np.array([0]))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from nmt.loss import Criterion
 from nmt.model import build_model
 from nmt.optim import build_optimizer
 from nmt.rng import rng_state, set_rng_state
-from nmt.trainer import train_update
+from nmt.trainer import Step, train_update
 
 PAD, BOS, EOS = 0, 2, 3
 V = 17
@@ -118,12 +118,13 @@ def test_skipped_fp16_step_is_not_an_update() -> None:
     ctx = DistContext()
     cpu = torch.device("cpu")
     scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    step = Step(criterion, model, optimizer, scaler, ctx, cpu, "fp32", 1.0)
     poison = model.output.bias.register_hook(lambda g: g * float("nan"))
-    stats = train_update([batch], criterion, model, optimizer, scaler, ctx, cpu, "fp32", 1.0)
+    stats = train_update([batch], step)
     assert not stats.finite and scaler.get_scale() == 512.0
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     poison.remove()
-    stats = train_update([batch], criterion, model, optimizer, scaler, ctx, cpu, "fp32", 1.0)
+    stats = train_update([batch], step)
     assert stats.finite and scaler.get_scale() == 512.0
     assert not all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
