@@ -263,6 +263,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from nmt.compose import compose_train
     from nmt.data import prepare
+    from nmt.lstm import uses_nmt
     from nmt.runtime import pick_device
 
     command = " ".join(shlex.quote(a) for a in ["python", "scripts/benchmark.py", *sys.argv[1:]])
@@ -277,9 +278,8 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.peak_size is None:
         args.peak_size = 256 if args.quick else 8192 if device.type == "cuda" else 2048
-    rnn_impl = cfg.model.rnn_impl
-    if rnn_impl == "auto":  # resolved here so the rnn_impl ablation reuses the base run
-        rnn_impl = "nmt" if device.type == "cpu" else "torch"
+    # resolved here so the rnn_impl ablation reuses the base run
+    rnn_impl = "nmt" if uses_nmt(cfg.model.rnn_impl, device) else "torch"
     base = Arm(
         input_feeding=cfg.model.input_feeding, precision=cfg.trainer.precision, rnn_impl=rnn_impl
     )
