@@ -4,22 +4,28 @@ Cache layout (one directory per hash of the input bytes, the filtering settings 
 tokenizer config, under `DataConfig.cache_dir`)::
 
     spm.model | src.model + tgt.model     SentencePiece model(s)
+    tgt_vocab.npy                         the target vocabulary (target_vocab=used): int32 (V,)
     {split}.{side}.ids.npy                flat ids of every sentence, uint16 (int32 if V > 65536)
     {split}.{side}.offsets.npy            int64 (N + 1,): sentence i is ids[off[i]:off[i + 1]]
     {split}.{side}.txt                    raw text of the kept lines (all lines for dev/test)
     summary.json                          counts, vocabulary, special ids, timings; written last
 
-with split in {train, dev, test} and side in {src, tgt}.
+with split in {train, dev, test} and side in {src, tgt}. Source ids are SentencePiece ids; target
+ids are model ids (`Tokenizer.encode_tgt`): with `tokenizer.target_vocab=used`, the rows of the
+target vocabulary made of the pieces the target side of the kept training pairs uses (dev and
+test pieces outside it are stored as unk, and counted in the summary).
 
 Phases, each logged with its time: (1) validate: every file is read once in blocks (UTF-8,
 line counts, a digest for the cache key, the byte offset of every `chunk_lines`-th line);
 (2) SentencePiece is trained on a stream of the train lines (it keeps only its own sample of
 `input_sentence_size` sentences); (3) encode: chunks of `chunk_lines` aligned pairs go to
 `data.num_workers` worker processes, each reading its chunk straight from the files, encoding,
-filtering (train) and writing its own shard files; (4) write: per split and side, the shards
-are concatenated behind an .npy header by the kernel (`os.copy_file_range`/`sendfile`) and the
-offsets are written from the shards' lengths, one shard at a time. Memory is bounded by a block
-and a chunk per process, plus SentencePiece's sample.
+filtering (train) and writing its own shard files of SentencePiece ids, and counting the target
+pieces of its train pairs; (4) write: the target vocabulary is made from those counts; per split
+and side, the shards are concatenated behind an .npy header by the kernel
+(`os.copy_file_range`/`sendfile`; target shards are mapped to model ids on the way when there is
+a target vocabulary) and the offsets are written from the shards' lengths, one shard at a time.
+Memory is bounded by a block and a chunk per process, plus SentencePiece's sample.
 
 A cache is built in a temporary directory `.tmp-<key>-<host>-<pid>-<random>` and renamed into
 place, so a directory under its final name is always complete; an interrupted build removes its
@@ -56,10 +62,11 @@ from nmt.dataset import SPLITS, Prepared
 from nmt.faults import fault_point
 from nmt.textio import DataError, FileScan, check_pair, read_chunk, scan_file
 from nmt.tokenizer import Tokenizer, read_tokenizer, resolve_threads
+from nmt.vocab import TargetVocab, TargetVocabError
 
 logger = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: target ids are model ids of a target vocabulary (tokenizer.target_vocab)
 SUMMARY = "summary.json"
 CHUNK_LINES = 50_000  # aligned pairs per encoding task
 SMALL_BYTES = 1 << 20  # train text below this: SentencePiece in this process
@@ -110,7 +117,7 @@ def _cache_key(data: DataConfig, tok: TokenizerConfig, digests: list[bytes]) -> 
         "max_ratio": data.max_ratio,
         "tokenizer": asdict(tok)
         if not tok.model
-        else {"model": read_tokenizer(tok.model).fingerprint()},
+        else {"model": read_tokenizer(tok.model).fingerprint(), "target_vocab": tok.target_vocab},
     }
     h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode("utf-8"))
     for digest in digests:
@@ -197,9 +204,10 @@ def _id_dtype(vocab_size: int) -> type[np.integer]:
 
 
 def _encode_chunk(task: _Task, tok: Tokenizer | None = None) -> dict:
-    """Encode one chunk of aligned lines, filter it (train), write its shard files."""
+    """Encode one chunk of aligned lines, filter it (train), write its shard files of
+    SentencePiece ids; for train, count the target pieces of the kept pairs."""
     tok = tok or _worker_tok
-    assert tok is not None
+    assert tok is not None and tok.tgt_vocab is None  # SentencePiece ids on both sides
     src_lines = read_chunk(*task.src)
     tgt_lines = read_chunk(*task.tgt)
     src_ids = tok.encode_src(src_lines, num_threads=1)
@@ -221,11 +229,14 @@ def _encode_chunk(task: _Task, tok: Tokenizer | None = None) -> dict:
         ("src", src_ids, src_len, src_lines, tok.src_vocab_size),
         ("tgt", tgt_ids, tgt_len, tgt_lines, tok.tgt_vocab_size),
     )
+    tgt_counts = None
     for side, ids, lengths, lines, vocab in sides:
         flat = np.fromiter(
             itertools.chain.from_iterable(ids), dtype=_id_dtype(vocab), count=int(lengths.sum())
         )
         flat.tofile(f"{task.shard}.{side}.ids")
+        if side == "tgt" and task.split == "train":
+            tgt_counts = np.bincount(flat, minlength=vocab).astype(np.int64)
         lengths.tofile(f"{task.shard}.{side}.len")
         Path(f"{task.shard}.{side}.txt").write_bytes(
             "".join(line + "\n" for line in lines).encode("utf-8")
@@ -241,6 +252,7 @@ def _encode_chunk(task: _Task, tok: Tokenizer | None = None) -> dict:
         "src_max_len": int(src_len.max(initial=0)),
         "tgt_max_len": int(tgt_len.max(initial=0)),
         "bytes": task.src[2] - task.src[1] + task.tgt[2] - task.tgt[1],
+        "tgt_counts": tgt_counts,  # (V_sp,) for train, else None
     }
 
 
@@ -315,15 +327,31 @@ def _npy_header(out: BinaryIO, dtype: type[np.integer], n: int) -> None:
     np.lib.format.write_array_header_1_0(out, header)
 
 
+def _append_mapped(out: BinaryIO, path: Path, tok: Tokenizer) -> int:
+    """Append a target shard's SentencePiece ids to `out` as model ids of `tok`'s target
+    vocabulary; return how many tokens became unk that were not unk before."""
+    assert tok.tgt_vocab is not None
+    sp = np.fromfile(path, dtype=_id_dtype(tok.sp_tgt_vocab_size))
+    ids = tok.tgt_vocab.model_ids(sp)
+    out.seek(0, 2)
+    out.write(ids.astype(_id_dtype(tok.tgt_vocab_size)).tobytes())
+    return int(np.count_nonzero((ids == tok.unk_id) & (sp != tok.unk_id)))
+
+
 def _merge(out_dir: Path, split: str, shards: list[Path], stats: dict, tok: Tokenizer) -> None:
-    """Concatenate a split's shards into its .npy/.txt files, one shard open at a time."""
+    """Concatenate a split's shards into its .npy/.txt files, one shard open at a time; target
+    ids are mapped to `tok`'s model ids (tokens that became unk: stats["tgt_new_unk"])."""
     kept = stats["kept"]
+    stats["tgt_new_unk"] = 0
     for side, vocab in (("src", tok.src_vocab_size), ("tgt", tok.tgt_vocab_size)):
         dtype = _id_dtype(vocab)
         with (out_dir / f"{split}.{side}.ids.npy").open("wb") as ids_out:
             _npy_header(ids_out, dtype, stats[f"{side}_tokens"])
             for shard in shards:
-                _append(ids_out, Path(f"{shard}.{side}.ids"))
+                if side == "tgt" and tok.tgt_vocab is not None:
+                    stats["tgt_new_unk"] += _append_mapped(ids_out, Path(f"{shard}.tgt.ids"), tok)
+                else:
+                    _append(ids_out, Path(f"{shard}.{side}.ids"))
                 Path(f"{shard}.{side}.ids").unlink()
         with (out_dir / f"{split}.{side}.offsets.npy").open("wb") as off_out:
             _npy_header(off_out, np.int64, kept + 1)
@@ -412,16 +440,44 @@ def _train_tokenizer(
         ) from None
 
 
+def _target_vocab(tokenizer: Tokenizer, tok: TokenizerConfig, counts: np.ndarray) -> Tokenizer:
+    """The tokenizer with the target vocabulary `tokenizer.target_vocab` asks for: all: none;
+    used: the one a checkpoint given as `tokenizer.model` carries (its output layer is fixed),
+    else the specials and the pieces with a count (the target side of the kept train pairs)."""
+    if tok.target_vocab == "all":
+        return tokenizer.spm_only()
+    if tokenizer.tgt_vocab is not None:
+        logger.info(
+            "target vocabulary: the %d pieces of %s (pieces outside it become unk)",
+            tokenizer.tgt_vocab_size,
+            tok.model,
+        )
+        return tokenizer
+    try:
+        vocab = TargetVocab.used(counts, tokenizer.special_ids)
+    except TargetVocabError as e:
+        raise DataError(f"tokenizer.target_vocab=used: {e}") from None
+    logger.info(
+        "target vocabulary: %d of %d pieces (those the target training text uses, and specials)",
+        len(vocab),
+        tokenizer.sp_tgt_vocab_size,
+    )
+    return tokenizer.with_target_vocab(vocab)
+
+
 def _encode_all(
     out: Path,
     scans: dict[str, tuple[FileScan, FileScan]],
     data: DataConfig,
+    tok: TokenizerConfig,
     tokenizer: Tokenizer,
-) -> dict[str, dict]:
-    """Encode every split in chunks on the workers; the per-split counts of the summary."""
+) -> tuple[dict[str, dict], Tokenizer]:
+    """Encode every split in chunks on the workers; the per-split counts of the summary, and
+    the tokenizer with its target vocabulary (the ids the cache holds)."""
     shard_dir = out / "shards"
     shard_dir.mkdir()
     tasks = _tasks(scans, shard_dir, data)
+    counts = np.zeros(tokenizer.sp_tgt_vocab_size, dtype=np.int64)
     workers = resolve_threads(data.num_workers)
     splits: dict[str, dict] = {
         s: {
@@ -439,7 +495,9 @@ def _encode_all(
     lines = 0
     start = time.perf_counter()
     with _progress(total, f"encode ({workers} workers)") as bar:
-        for r in _run_tasks(tasks, tokenizer, workers):
+        for r in _run_tasks(tasks, tokenizer.spm_only(), workers):
+            if r["tgt_counts"] is not None:
+                counts += r["tgt_counts"]
             acc = splits[r["split"]]
             for k in ("read", "kept", "src_tokens", "tgt_tokens"):
                 acc[k] += r[k]
@@ -459,12 +517,13 @@ def _encode_all(
             f"length ratio {d['ratio']})"
         )
     t0 = time.perf_counter()
+    tokenizer = _target_vocab(tokenizer, tok, counts)
     for split in SPLITS:
         shards = [t.shard for t in tasks if t.split == split]
         _merge(out, split, shards, splits[split], tokenizer)
     shard_dir.rmdir()
     logger.info("write: shards merged in %.1fs", time.perf_counter() - t0)
-    return splits
+    return splits, tokenizer
 
 
 def _build(
@@ -485,7 +544,8 @@ def _build(
     logger.info("spm_train: %.1fs", times["spm_train"])
 
     t0 = time.perf_counter()
-    splits = _encode_all(out, scans, data, tokenizer)
+    splits, tokenizer = _encode_all(out, scans, data, tok, tokenizer)
+    tokenizer.save(out)  # with its target vocabulary
     times["encode"] = time.perf_counter() - t0
     n = sum(s["read"] for s in splits.values())
     logger.info("encode: %d pairs in %.1fs (%.0f pairs/s)", n, times["encode"], n / times["encode"])
@@ -499,6 +559,13 @@ def _build(
         "tgt": data.tgt,
         "splits": splits,
         "vocab_size": {"src": tokenizer.src_vocab_size, "tgt": tokenizer.tgt_vocab_size},
+        "target_vocab": {
+            "setting": tok.target_vocab,
+            "size": tokenizer.tgt_vocab_size,
+            "sentencepiece_size": tokenizer.sp_tgt_vocab_size,
+            # target tokens stored as unk whose piece is not unk (outside the vocabulary)
+            "new_unk": {split: splits[split].pop("tgt_new_unk") for split in SPLITS},
+        },
         "special_ids": {
             "pad": tokenizer.pad_id,
             "unk": tokenizer.unk_id,

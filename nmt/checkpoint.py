@@ -3,7 +3,9 @@
 A checkpoint is a plain dict saved with ``torch.save`` and read back with
 ``torch.load(weights_only=True)``: tensors, numbers, strings, bytes, lists and dicts only, so
 loading one never runs code. It carries the model config, the vocabulary sizes and special ids,
-and the SentencePiece model bytes, so translation needs nothing but the file.
+and the SentencePiece model bytes with the target vocabulary (``Tokenizer.to_bytes``; none in
+checkpoints from before it: then target ids are SentencePiece ids), so translation needs
+nothing but the file.
 """
 
 from __future__ import annotations
@@ -184,7 +186,15 @@ def model_from_checkpoint(
     except RuntimeError as e:
         first = str(e).strip().splitlines()[0]
         raise CheckpointError(f"{path}: weights do not fit the model config: {first}") from None
-    tokenizer = Tokenizer.from_bytes(ckpt["tokenizer"])
+    try:
+        tokenizer = Tokenizer.from_bytes(ckpt["tokenizer"])
+    except ValueError as e:  # e.g. a target vocabulary that does not fit its SentencePiece model
+        raise CheckpointError(f"{path}: unusable tokenizer: {e}") from None
+    if tokenizer.tgt_vocab_size != vocab["tgt_vocab_size"]:
+        raise CheckpointError(
+            f"{path}: its tokenizer has {tokenizer.tgt_vocab_size} target ids but the model "
+            f"{vocab['tgt_vocab_size']}"
+        )
     return model.to(device).eval(), tokenizer
 
 

@@ -94,9 +94,14 @@ class TokenizerConfig:
     # spm.model or src.model + tgt.model (e.g. another run's data cache), or an nmt checkpoint;
     # the settings above are then ignored (the model brings its own vocabulary and special ids)
     model: str | None = None
+    # the target vocabulary (output layer, target embeddings): used = the specials and every
+    # piece in the target side of the training data, mapped to and from SentencePiece ids (a
+    # checkpoint given as `model` brings its own); all = every piece of the target model
+    target_vocab: str = "used"
 
     def check(self, p: str = "tokenizer") -> None:
         _choice(f"{p}.model_type", self.model_type, ("unigram", "bpe", "char", "word"))
+        _choice(f"{p}.target_vocab", self.target_vocab, ("used", "all"))
         ids = {"pad_id": self.pad_id, "unk_id": self.unk_id, "bos_id": self.bos_id}
         ids["eos_id"] = self.eos_id
         for name, value in ids.items():
@@ -285,6 +290,13 @@ class TrainConfig:
         check_device("device", self.device)
         if self.model.tie_embeddings and not self.tokenizer.joint:
             _fail("model.tie_embeddings", True, "needs a joint vocabulary (tokenizer.joint=true)")
+        if self.model.tie_embeddings and self.tokenizer.target_vocab != "all":
+            _fail(
+                "model.tie_embeddings",
+                True,
+                "source and target share one embedding matrix, so the target side needs the "
+                "whole vocabulary: set tokenizer.target_vocab=all",
+            )
 
 
 @dataclass

@@ -69,9 +69,10 @@ def resume(run: Run, path: Path) -> TrainState:
     tokenizer = Tokenizer.from_bytes(ckpt["tokenizer"])
     if tokenizer.fingerprint() != data_fingerprint:
         raise CheckpointError(
-            f"{path}: its SentencePiece model (fingerprint {tokenizer.fingerprint()[:12]}) is "
-            f"not the one the data was prepared with ({data_fingerprint[:12]}): the weights "
-            "would meet another vocabulary; use the same data and tokenizer settings"
+            f"{path}: its vocabulary (SentencePiece model and target vocabulary, fingerprint "
+            f"{tokenizer.fingerprint()[:12]}) is not the one the data was prepared with "
+            f"({data_fingerprint[:12]}): the weights would meet another vocabulary; use the "
+            "same data and tokenizer settings"
         )
     check_fits(path, ckpt["model"], model)
     t = ckpt["trainer"]
@@ -156,14 +157,17 @@ def copy_file(src: Path, dst: Path) -> None:
 
 def init_from_config(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Any] | None]:
     """With ``init_from=CKPT``: the run takes that checkpoint's model shape (this config's
-    ``model.dropout`` and ``model.rnn_impl`` still apply) and its SentencePiece model, so new
-    data is encoded with the vocabulary the weights were trained on."""
+    ``model.dropout`` and ``model.rnn_impl`` still apply), its SentencePiece model and its
+    target vocabulary (``target_vocab=used`` when it has one, else ``all``), so new data is
+    encoded with the vocabulary the weights were trained on: target pieces of the new data
+    outside that vocabulary become unk (counted in the cache summary, ``target_vocab.new_unk``)."""
     if not cfg.init_from:
         return cfg, None
     ckpt = load_checkpoint(cfg.init_from)
     shape = model_config_from(ckpt)
     model = replace(shape, dropout=cfg.model.dropout, rnn_impl=cfg.model.rnn_impl)
-    tokenizer = replace(cfg.tokenizer, model=cfg.init_from)
+    target_vocab = "used" if "tgt_keep" in ckpt["tokenizer"] else "all"
+    tokenizer = replace(cfg.tokenizer, model=cfg.init_from, target_vocab=target_vocab)
     return replace(cfg, model=model, tokenizer=tokenizer), ckpt
 
 
@@ -173,8 +177,8 @@ def start_from(run: Run, path: Path, ckpt: dict[str, Any]) -> None:
     ours = run.prepared.tokenizer.fingerprint()
     if theirs != ours:
         raise CheckpointError(
-            f"init_from={path}: its SentencePiece model (fingerprint {theirs[:12]}) is not the "
-            f"one the data was prepared with ({ours[:12]})"
+            f"init_from={path}: its vocabulary (fingerprint {theirs[:12]}) is not the one the "
+            f"data was prepared with ({ours[:12]})"
         )
     check_fits(path, ckpt["model"], run.model)
     log.info("initialised the model from %s (optimizer, schedule and counters start fresh)", path)

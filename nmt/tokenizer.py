@@ -3,6 +3,11 @@
 Special ids (pad/unk/bos/eos) are set explicitly when a model is trained and read back from the
 (target) model afterwards; nothing else in the package hard-codes them. A tokenizer is built from
 serialized model protos, so a checkpoint can carry it (`to_bytes` / `from_bytes`).
+
+Target ids are *model* ids: with a target vocabulary (`nmt.vocab.TargetVocab`, from
+`tokenizer.target_vocab=used`) `encode_tgt` maps SentencePiece ids to the rows of the output
+layer and `decode_tgt` / `tgt_pieces` map them back; without one (`all`, and checkpoints from
+before the option) the two are the same numbers. Source ids are always SentencePiece ids.
 """
 
 from __future__ import annotations
@@ -14,17 +19,20 @@ import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import sentencepiece as spm
 
 from nmt.config import ConfigError, TokenizerConfig
 from nmt.textio import iter_lines
 from nmt.textio import split_lines as split_lines  # re-exported
+from nmt.vocab import TargetVocab
 
 logger = logging.getLogger(__name__)
 
 JOINT_MODEL = "spm.model"
 SRC_MODEL = "src.model"
 TGT_MODEL = "tgt.model"
+TGT_VOCAB = "tgt_vocab.npy"  # beside the model(s): the target vocabulary's SentencePiece ids
 
 
 def resolve_threads(num_threads: int) -> int:
@@ -62,7 +70,9 @@ def _train_model(cfg: TokenizerConfig, files: list[Path], num_threads: int) -> b
 class Tokenizer:
     """One joint SentencePiece model, or one per side.
 
-    Encoding returns subword ids without bos/eos; `decode_tgt` drops pad/bos/eos ids.
+    Encoding returns subword ids without bos/eos; `decode_tgt` drops pad/bos/eos ids. Target
+    ids are model ids (see the module docstring); `tgt_vocab` is None when they are the
+    SentencePiece ids themselves.
     """
 
     joint: bool
@@ -71,9 +81,19 @@ class Tokenizer:
     bos_id: int
     eos_id: int
     src_vocab_size: int
-    tgt_vocab_size: int
+    tgt_vocab_size: int  # rows of the output layer: len(tgt_vocab), or every target piece
+    sp_tgt_vocab_size: int  # pieces of the target SentencePiece model
+    tgt_vocab: TargetVocab | None
 
-    def __init__(self, src_proto: bytes, tgt_proto: bytes, joint: bool) -> None:
+    def __init__(
+        self,
+        src_proto: bytes,
+        tgt_proto: bytes,
+        joint: bool,
+        tgt_keep: list[int] | np.ndarray | None = None,
+    ) -> None:
+        """``tgt_keep``: the SentencePiece id of each target model id (``TargetVocab.keep``);
+        None: target model ids are SentencePiece ids."""
         self.joint = joint
         self._src_proto = src_proto
         self._tgt_proto = tgt_proto
@@ -95,8 +115,31 @@ class Tokenizer:
                 f"{(self.pad_id, self.unk_id, self.bos_id, self.eos_id)}"
             )
         self.src_vocab_size = self._src.vocab_size()
-        self.tgt_vocab_size = self._tgt.vocab_size()
+        self.sp_tgt_vocab_size = self._tgt.vocab_size()
+        self.tgt_vocab = (
+            None
+            if tgt_keep is None
+            else TargetVocab(tgt_keep, self.sp_tgt_vocab_size, self.special_ids)
+        )
+        self.tgt_vocab_size = (
+            len(self.tgt_vocab) if self.tgt_vocab is not None else self.sp_tgt_vocab_size
+        )
         self._specials = {self.pad_id, self.bos_id, self.eos_id}
+
+    @property
+    def special_ids(self) -> tuple[int, int, int, int]:
+        """(pad, unk, bos, eos): the same numbers as model ids and as SentencePiece ids."""
+        return (self.pad_id, self.unk_id, self.bos_id, self.eos_id)
+
+    def spm_only(self) -> Tokenizer:
+        """This tokenizer without a target vocabulary: target ids are SentencePiece ids."""
+        if self.tgt_vocab is None:
+            return self
+        return Tokenizer(self._src_proto, self._tgt_proto, self.joint)
+
+    def with_target_vocab(self, vocab: TargetVocab) -> Tokenizer:
+        """This tokenizer's SentencePiece model(s) with ``vocab`` as its target vocabulary."""
+        return Tokenizer(self._src_proto, self._tgt_proto, self.joint, vocab.keep)
 
     @classmethod
     def train(
@@ -125,23 +168,30 @@ class Tokenizer:
 
     @classmethod
     def load(cls, out_dir: Path) -> Tokenizer:
-        """Read out_dir/spm.model, or out_dir/src.model and out_dir/tgt.model."""
+        """Read out_dir/spm.model, or out_dir/src.model and out_dir/tgt.model, and the target
+        vocabulary out_dir/tgt_vocab.npy when there is one."""
+        vocab_path = out_dir / TGT_VOCAB
+        keep = np.load(vocab_path) if vocab_path.is_file() else None
         joint_path = out_dir / JOINT_MODEL
         if joint_path.exists():
             proto = joint_path.read_bytes()
-            return cls(proto, proto, joint=True)
-        return cls(
-            (out_dir / SRC_MODEL).read_bytes(), (out_dir / TGT_MODEL).read_bytes(), joint=False
-        )
+            return cls(proto, proto, joint=True, tgt_keep=keep)
+        src, tgt = (out_dir / SRC_MODEL).read_bytes(), (out_dir / TGT_MODEL).read_bytes()
+        return cls(src, tgt, joint=False, tgt_keep=keep)
 
     def save(self, out_dir: Path) -> None:
-        """Write the model(s) as ``train`` does: spm.model, or src.model and tgt.model."""
+        """Write the model(s) as ``train`` does: spm.model, or src.model and tgt.model; and
+        tgt_vocab.npy (int32) when there is a target vocabulary."""
         out_dir.mkdir(parents=True, exist_ok=True)
         if self.joint:
             (out_dir / JOINT_MODEL).write_bytes(self._src_proto)
         else:
             (out_dir / SRC_MODEL).write_bytes(self._src_proto)
             (out_dir / TGT_MODEL).write_bytes(self._tgt_proto)
+        if self.tgt_vocab is not None:
+            np.save(out_dir / TGT_VOCAB, self.tgt_vocab.keep.astype(np.int32))
+        else:
+            (out_dir / TGT_VOCAB).unlink(missing_ok=True)
 
     def encode_src(self, lines: list[str], num_threads: int = 0) -> list[list[int]]:
         """Source lines -> subword ids (no bos/eos), with SentencePiece's threaded batch API."""
@@ -149,13 +199,17 @@ class Tokenizer:
         return ids
 
     def encode_tgt(self, lines: list[str], num_threads: int = 0) -> list[list[int]]:
-        """Target lines -> subword ids (no bos/eos)."""
+        """Target lines -> model ids (no bos/eos); pieces outside the target vocabulary -> unk."""
         ids: list[list[int]] = self._tgt.encode(lines, num_threads=resolve_threads(num_threads))
-        return ids
+        if self.tgt_vocab is None:
+            return ids
+        return [self.tgt_vocab.model_list(seq) for seq in ids]
 
     def decode_tgt(self, ids: list[list[int]]) -> list[str]:
-        """Target ids -> detokenized text; pad/bos/eos ids are dropped first."""
+        """Target model ids -> detokenized text; pad/bos/eos ids are dropped first."""
         cleaned = [[i for i in seq if i not in self._specials] for seq in ids]
+        if self.tgt_vocab is not None:
+            cleaned = [self.tgt_vocab.sp_list(seq) for seq in cleaned]
         text: list[str] = self._tgt.decode(cleaned)
         return text
 
@@ -165,23 +219,40 @@ class Tokenizer:
         return pieces
 
     def tgt_pieces(self, ids: list[int]) -> list[str]:
-        """Target pieces of a list of ids (for inspection)."""
+        """Target pieces of a list of model ids (for inspection)."""
+        if self.tgt_vocab is not None:
+            ids = self.tgt_vocab.sp_list(ids)
         return [self._tgt.id_to_piece(i) for i in ids]
 
     def to_bytes(self) -> dict:
-        """{"joint": bool, "src": bytes, "tgt": bytes}: serialized model protos, for checkpoints."""
-        return {"joint": self.joint, "src": self._src_proto, "tgt": self._tgt_proto}
+        """{"joint": bool, "src": bytes, "tgt": bytes}: serialized model protos, for checkpoints,
+        and "tgt_keep": list[int], the target vocabulary, when there is one (checkpoints from
+        before target vocabularies, and ``target_vocab=all``, have no such key)."""
+        d: dict = {"joint": self.joint, "src": self._src_proto, "tgt": self._tgt_proto}
+        if self.tgt_vocab is not None:
+            d["tgt_keep"] = self.tgt_vocab.keep.tolist()
+        return d
 
     @classmethod
     def from_bytes(cls, d: dict) -> Tokenizer:
-        return cls(bytes(d["src"]), bytes(d["tgt"]), joint=bool(d["joint"]))
+        keep = d.get("tgt_keep")
+        return cls(
+            bytes(d["src"]),
+            bytes(d["tgt"]),
+            joint=bool(d["joint"]),
+            tgt_keep=None if keep is None else [int(i) for i in keep],
+        )
 
     def fingerprint(self) -> str:
-        """sha256 of the model bytes: equal fingerprints mean identical vocabularies."""
+        """sha256 of the model bytes and the target vocabulary: equal fingerprints mean
+        identical vocabularies (without a target vocabulary, the same as before there was one)."""
         h = hashlib.sha256()
         h.update(b"joint" if self.joint else b"separate")
         h.update(self._src_proto)
         h.update(self._tgt_proto)
+        if self.tgt_vocab is not None:
+            h.update(b"tgt_keep")
+            h.update(self.tgt_vocab.keep.astype("<i8").tobytes())
         return h.hexdigest()
 
 
@@ -192,9 +263,11 @@ class TokenizerSourceError(ConfigError):
 def read_tokenizer(spec: str) -> Tokenizer:
     """The SentencePiece model(s) ``tokenizer.model`` names, to reuse instead of training:
 
-    - an nmt checkpoint (``*.pt``): the tokenizer it carries;
+    - an nmt checkpoint (``*.pt``): the tokenizer it carries, with its target vocabulary (the
+      rows of its output layer) when it has one;
     - a directory: a prepared cache or any folder with ``spm.model``, or ``src.model`` and
-      ``tgt.model``;
+      ``tgt.model`` (the SentencePiece model(s) only: a cache's target vocabulary belongs to
+      its data);
     - a SentencePiece ``.model`` file: one joint model for both sides.
     """
     path = Path(spec)
@@ -204,7 +277,7 @@ def read_tokenizer(spec: str) -> Tokenizer:
                 f"tokenizer.model={spec}: the directory holds no {JOINT_MODEL} and no "
                 f"{SRC_MODEL} + {TGT_MODEL}"
             )
-        return _checked(spec, lambda: Tokenizer.load(path))
+        return _checked(spec, lambda: Tokenizer.load(path).spm_only())
     if not path.is_file():
         raise TokenizerSourceError(f"tokenizer.model={spec}: no such file or directory")
     if path.suffix == ".pt":

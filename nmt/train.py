@@ -91,6 +91,9 @@ def resume_config(dcfg: DictConfig, overrides: list[str], out_dir: Path) -> Trai
             f"resume: config groups cannot be chosen for a resumed run ({', '.join(groups)}); "
             "it keeps its own config: override single keys"
         )
+    if isinstance(stored.get("tokenizer"), dict) and "target_vocab" not in stored["tokenizer"]:
+        # written before target vocabularies: the output layer covers every piece
+        stored = {**stored, "tokenizer": {**stored["tokenizer"], "target_vocab": "all"}}
     known = OmegaConf.structured(TrainConfig)
     base = OmegaConf.merge(known, _known_keys(stored, OmegaConf.to_container(known)))
     changes = OmegaConf.from_dotlist(given)

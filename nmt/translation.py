@@ -266,6 +266,6 @@ def load_for_decoding(
         if tok.fingerprint() != tokenizer.fingerprint():
             raise CheckpointError(
                 f"{p}: its vocabulary differs from {paths[0]}'s; only checkpoints sharing a "
-                "SentencePiece model can be ensembled"
+                "SentencePiece model and target vocabulary can be ensembled"
             )
     return Ensemble([m for m, _ in loaded]).eval(), tokenizer

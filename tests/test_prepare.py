@@ -91,7 +91,9 @@ def test_summary_and_filtering_against_reference(prepared):
     summary = json.loads((prep.path / "summary.json").read_text())
     assert summary == prep.summary
     assert summary["path"] == str(prep.path) and prep.path.parent == Path(cfg.cache_dir)
-    assert summary["vocab_size"] == {"src": 300, "tgt": 300}
+    # target_vocab=used: the target pieces of the kept train pairs (tests/test_vocab.py)
+    assert summary["vocab_size"] == {"src": 300, "tgt": tok.tgt_vocab_size}
+    assert tok.tgt_vocab is not None and tok.tgt_vocab_size < 300
     assert summary["special_ids"] == {"pad": 0, "unk": 1, "bos": 2, "eos": 3}
     assert not prep.reused
 
@@ -153,7 +155,8 @@ def test_tokenizer_round_trip_on_prepared_data(prepared):
     es, en = prep.raw("train")
     ds = prep.dataset("train")
     assert tok.decode_tgt([ds[i][1].tolist() for i in range(len(ds))]) == en
-    assert tok.decode_tgt(tok.encode_src(es)) == es  # joint model: decodes source too
+    # joint model: its SentencePiece ids decode the source too (target ids are model ids)
+    assert tok.spm_only().decode_tgt(tok.encode_src(es)) == es
 
 
 def test_cache_reused_and_invalidated(tmp_path):
@@ -306,8 +309,9 @@ def test_chunked_parallel_cache_is_byte_identical_to_reference(tmp_path, caplog)
         assert (two.path / name).read_bytes() == (ref / name).read_bytes(), name
         assert (one.path / name).read_bytes() == (ref / name).read_bytes(), name
     assert (one.path / "spm.model").read_bytes() == (two.path / "spm.model").read_bytes()
+    assert (one.path / "tgt_vocab.npy").read_bytes() == (two.path / "tgt_vocab.npy").read_bytes()
     assert sorted(p.name for p in two.path.iterdir()) == sorted(
-        names + ["spm.model", "summary.json"]
+        names + ["spm.model", "summary.json", "tgt_vocab.npy"]
     )  # no shards left
     strip = {"path", "time_s"}
     assert {k: v for k, v in one.summary.items() if k not in strip} == {

@@ -12,7 +12,9 @@ sitting, each run a fresh process:
   gives the filtered training pairs as ids; OpenNMT-py gets exactly those pairs as pieces
   (``spm.id_to_piece``, so an unknown id is ``<unk>``), and as vocabularies the pieces that
   occur on each side of them (``piece<TAB>count``, specials left to OpenNMT-py). nmt's output
-  layer spans all pieces of the joint model; the difference in work is the issue's point.
+  layer spans the target pieces in use too (``tokenizer.target_vocab=used``, the default since
+  issue 17 item 2; its cached target ids are model ids, mapped back to SentencePiece ids here);
+  ``tokenizer.target_vocab=all`` spans all pieces of the joint model, as before.
 - model: nmt ``experiment=reference trainer.max_tokens=2600`` (emb 256, 2x256 bi-LSTM, 2x512
   decoder, general attention, input feeding, learned bridge, dropout 0.2, Adam 1e-3, label
   smoothing 0.1, clipping at 1.0, uniform init +-0.1). OpenNMT-py: brnn 2 layers of 512 split
@@ -261,6 +263,9 @@ def prepare_data(args: argparse.Namespace, overrides: list[str]) -> dict[str, An
     vocab_sizes = {}
     for side in ("src", "tgt"):
         ids = np.load(cache / f"train.{side}.ids.npy")
+        target_vocab = prepared.tokenizer.tgt_vocab
+        if side == "tgt" and target_vocab is not None:  # model ids -> SentencePiece ids
+            ids = target_vocab.sp_ids(ids.astype(np.int64))
         offsets = np.load(cache / f"train.{side}.offsets.npy")
         train_file = work / f"train.{side}"
         if not train_file.exists():
