@@ -145,7 +145,7 @@ def test_cached_arrays_are_compact_and_memory_mapped(prepared):
     offsets = np.load(prep.path / "train.src.offsets.npy", mmap_mode="r")
     assert isinstance(ids, np.memmap) and ids.dtype == np.uint16
     assert offsets.dtype == np.int64 and offsets[0] == 0 and offsets[-1] == len(ids)
-    assert prep.dataset("train").src_lengths.dtype == np.int64
+    assert prep.dataset("train").src_lengths.dtype == np.uint16  # 2 bytes a pair
 
 
 def test_tokenizer_round_trip_on_prepared_data(prepared):
