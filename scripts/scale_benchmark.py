@@ -15,8 +15,10 @@ own process:
   vocabulary and batch size; what grows with N is the data's share): times and peak memory.
 
 Memory is the peak, sampled every 0.2 s, of the summed PSS (proportional set size: shared pages
-split between the processes sharing them) of the process and its descendants, and the largest
-single-process peak RSS (VmHWM) among them. Results go to `--json`, and a markdown table with the slope
+split between the processes sharing them) of the process and its descendants, the largest
+single-process peak RSS (VmHWM) among them, and the peak of their summed anonymous memory
+(PSS counts the pages of the memory-mapped cache that batches have touched: clean page cache,
+up to the cache's size, which the kernel can drop; anonymous memory is what the process holds). Results go to `--json`, and a markdown table with the slope
 per million pairs (least squares over the sizes) to stdout.
 
     python scripts/scale_benchmark.py --corpus ../shared/corpora/lo.de-en --src de --tgt en \\
@@ -59,15 +61,20 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def _pss_kb(pid: int) -> int:
+def _pss_kb(pid: int) -> tuple[int, int]:
+    """(PSS, anonymous memory) of a process in kB: PSS counts the pages of memory-mapped files
+    it has touched (the cache's ids, clean and reclaimable); anonymous memory does not."""
+    pss = anon = 0
     try:
         with open(f"/proc/{pid}/smaps_rollup") as f:
             for line in f:
                 if line.startswith("Pss:"):
-                    return int(line.split()[1])
+                    pss = int(line.split()[1])
+                elif line.startswith("Anonymous:"):
+                    anon = int(line.split()[1])
     except OSError:
         pass
-    return 0
+    return pss, anon
 
 
 def _hwm_kb(pid: int) -> int:
@@ -81,15 +88,17 @@ def _hwm_kb(pid: int) -> int:
     return 0
 
 
-def tree_memory_mb(pid: int) -> tuple[float, float]:
-    """(summed PSS of pid and its descendants, the largest peak RSS among them)."""
-    todo, total, hwm = [pid], 0, 0
+def tree_memory_mb(pid: int) -> tuple[float, float, float]:
+    """(summed PSS of pid and its descendants, the largest peak RSS among them, summed
+    anonymous memory)."""
+    todo, total, hwm, anon = [pid], 0, 0, 0
     while todo:
         p = todo.pop()
-        total += _pss_kb(p)
+        pss, a = _pss_kb(p)
+        total, anon = total + pss, anon + a
         hwm = max(hwm, _hwm_kb(p))
         todo.extend(_children(p))
-    return total / 1024, hwm / 1024
+    return total / 1024, hwm / 1024, anon / 1024
 
 
 def run_measured(cmd: list[str], log: Path) -> dict:
@@ -97,13 +106,14 @@ def run_measured(cmd: list[str], log: Path) -> dict:
     start = time.perf_counter()
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
-        peak = [0.0, 0.0]
+        peak = [0.0, 0.0, 0.0]
         done = threading.Event()
 
         def sample() -> None:
             while not done.wait(0.2):
-                pss, hwm = tree_memory_mb(proc.pid)
+                pss, hwm, anon = tree_memory_mb(proc.pid)
                 peak[0], peak[1] = max(peak[0], pss), max(peak[1], hwm)
+                peak[2] = max(peak[2], anon)
 
         thread = threading.Thread(target=sample, daemon=True)
         thread.start()
@@ -116,6 +126,7 @@ def run_measured(cmd: list[str], log: Path) -> dict:
         "wall_s": round(time.perf_counter() - start, 2),
         "peak_pss_mb": round(peak[0]),
         "max_process_rss_mb": round(peak[1]),  # VmHWM, sampled
+        "peak_anon_mb": round(peak[2]),  # anonymous memory: PSS less the mapped files' pages
     }
 
 
