@@ -21,6 +21,13 @@ One epoch (training mode):
 Evaluation mode (`shuffle=False`): one global sort by (source length, target length, index),
 no strips, the same cut, no shuffling: batches come in increasing length. Callers restore the
 input order with the yielded indices.
+
+Memory: the lengths (2 bytes a pair per side below 65536 subwords) and an epoch's order (4
+bytes a pair below 2**32 pairs) grow with the corpus; steps 2 and 3 run a block of whole pools
+(about BLOCK examples) at a time, in place in the order, so their temporaries are bounded by a
+block, and the batches are kept as positions in that order (bounds, and the shuffled batch
+numbers of step 4), a few bytes a batch. `pool_factor=0` (one pool) and evaluation mode sort
+the whole set at once.
 """
 
 from __future__ import annotations
@@ -30,7 +37,11 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from nmt.dataset import as_lengths
+
 logger = logging.getLogger(__name__)
+
+BLOCK = 1 << 19  # examples per block of an epoch's sort and cut (whole pools, at least one)
 
 
 def cut_bounds(
@@ -57,8 +68,10 @@ def cut_bounds(
     n_pools = -(-n // m)
     flat_src = np.zeros(n_pools * m, dtype=np.int64)
     flat_tgt = np.zeros(n_pools * m, dtype=np.int64)
-    flat_src[:n] = src_lengths[order] + extra_tokens  # padded cells per row
-    flat_tgt[:n] = tgt_lengths[order] + extra_tokens
+    flat_src[:n] = src_lengths[order]
+    flat_src[:n] += extra_tokens  # padded cells per row
+    flat_tgt[:n] = tgt_lengths[order]
+    flat_tgt[:n] += extra_tokens
     src, tgt = flat_src.reshape(n_pools, m), flat_tgt.reshape(n_pools, m)
     end = np.full(n_pools, m, dtype=np.int64)
     end[-1] = n - (n_pools - 1) * m
@@ -132,7 +145,7 @@ def sort_pool(
     order = pool[np.lexsort((tgt_lengths[pool], src_lengths[pool]))]  # last key is primary
     if strip_factor <= 0 or len(order) == 0:
         return order
-    src, tgt = src_lengths[order], tgt_lengths[order]
+    src, tgt = src_lengths[order].astype(np.int64), tgt_lengths[order].astype(np.int64)
     # cost of an example = the fraction of a batch it fills (padded cells, or one sentence slot)
     cost = (np.maximum(src, tgt) + extra_tokens) / max_tokens
     if max_sentences > 0:
@@ -161,14 +174,15 @@ def sort_pools(
     m = pool_size if 0 < pool_size < n else n
     n_pools = -(-n // m)
     pool = np.arange(n, dtype=np.int64) // m
-    src, tgt = src_lengths[perm], tgt_lengths[perm]
+    src, tgt = src_lengths[perm].astype(np.int64), tgt_lengths[perm].astype(np.int64)
     s_span, t_span = int(src.max()) + 1, int(tgt.max()) + 1
     if n_pools * s_span * t_span >= 2**62 or min(src.min(), tgt.min()) < 0:
         return _sort_each(
             perm, m, src_lengths, tgt_lengths, max_tokens, max_sentences, strip_factor, extra_tokens
         )
-    idx = np.argsort((pool * s_span + src) * t_span + tgt, kind="stable")
+    idx = _stable_argsort((pool * s_span + src) * t_span + tgt, n_pools * s_span * t_span)
     order, src, tgt = perm[idx], src[idx], tgt[idx]
+    del idx
     if strip_factor <= 0:
         return order
     cost = np.zeros(n_pools * m)
@@ -176,15 +190,35 @@ def sort_pools(
     if max_sentences > 0:
         cost[:n] = np.maximum(cost[:n], 1.0 / max_sentences)
     cumulative = np.cumsum(cost.reshape(n_pools, m), axis=1).reshape(-1)[:n]
+    del cost
     strip = np.floor(cumulative / strip_factor).astype(np.int64)
+    del cumulative
     k_span = int(strip.max()) + 1
-    if n_pools * k_span * (2 * t_span + 1) * s_span >= 2**62:
+    span = n_pools * k_span * (2 * t_span + 1) * s_span
+    if span >= 2**62:
         return _sort_each(
             perm, m, src_lengths, tgt_lengths, max_tokens, max_sentences, strip_factor, extra_tokens
         )
     tgt_key = np.where(strip % 2 == 0, tgt, -tgt) + t_span
     key = ((pool * k_span + strip) * (2 * t_span + 1) + tgt_key) * s_span + src
-    return order[np.argsort(key, kind="stable")]
+    del pool, strip, tgt_key, src, tgt
+    return order[_stable_argsort(key, span)]
+
+
+def _stable_argsort(key: np.ndarray, span: int) -> np.ndarray:
+    """np.argsort(key, kind="stable") for int64 keys in [0, span): when the position fits
+    beside the key in 63 bits, the keys are made unique (key * 2**bits + position) and sorted
+    by value, which numpy does several times faster than a stable argsort (on x86 with
+    AVX-512, a vectorized quicksort)."""
+    n = len(key)
+    bits = max(1, (n - 1).bit_length())
+    if span << bits > 2**63 - 1:
+        return np.argsort(key, kind="stable")
+    packed = key << bits
+    packed |= np.arange(n, dtype=np.int64)
+    packed.sort()
+    packed &= (1 << bits) - 1
+    return packed
 
 
 def _sort_each(
@@ -214,21 +248,11 @@ def _sort_each(
     )
 
 
-def _select(
-    order: np.ndarray, bounds: np.ndarray, sel: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Batches sel[0], sel[1], ... of (order, bounds), as a new (order, bounds)."""
-    lengths = np.diff(bounds)[sel]
-    new_bounds = np.zeros(len(sel) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=new_bounds[1:])
-    idx = np.repeat(bounds[sel] - new_bounds[:-1], lengths) + np.arange(new_bounds[-1])
-    return order[idx], new_bounds
-
-
 class BucketBatchSampler:
     """Iterable of batches (lists of dataset indices) of similar-length examples.
 
-    src_lengths, tgt_lengths: (N,) subword counts without specials (ParallelDataset's lengths).
+    src_lengths, tgt_lengths: (N,) subword counts without specials (ParallelDataset's lengths);
+    kept as they are when unsigned, else copied into the smallest unsigned dtype that holds them.
     Position = batches already yielded in the current epoch; `state_dict()` captures it, so a
     resumed sampler yields exactly the rest of the epoch. When an epoch is iterated to its end,
     the sampler moves on to the next epoch by itself; `set_epoch(e)` with the current epoch
@@ -249,8 +273,8 @@ class BucketBatchSampler:
         extra_tokens: int = 1,
         strip_factor: int = 8,
     ) -> None:
-        self.src_lengths = np.asarray(src_lengths, dtype=np.int64)
-        self.tgt_lengths = np.asarray(tgt_lengths, dtype=np.int64)
+        self.src_lengths = as_lengths(src_lengths)  # unsigned, as small as the lengths allow
+        self.tgt_lengths = as_lengths(tgt_lengths)
         if self.src_lengths.shape != self.tgt_lengths.shape or self.src_lengths.ndim != 1:
             raise ValueError(
                 f"length arrays differ: {self.src_lengths.shape} vs {self.tgt_lengths.shape}"
@@ -271,7 +295,7 @@ class BucketBatchSampler:
         self.epoch = 1
         self.position = 0
         self.pool_size = self._pool_size()
-        self._cache: tuple[int, np.ndarray, np.ndarray] | None = None
+        self._cache: tuple[int, np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def _pool_size(self) -> int:
         """pool_factor batches' worth of examples, from the mean padded cost of an example;
@@ -279,38 +303,57 @@ class BucketBatchSampler:
         n = len(self.src_lengths)
         if self.pool_factor <= 0 or n == 0:
             return max(n, 1)
-        mean_cost = float(np.maximum(self.src_lengths, self.tgt_lengths).mean()) + self.extra_tokens
+        total = 0  # exact, summed a block at a time (the mean of the whole array, bit for bit)
+        for a in range(0, n, BLOCK):
+            longer = np.maximum(self.src_lengths[a : a + BLOCK], self.tgt_lengths[a : a + BLOCK])
+            total += int(longer.sum(dtype=np.int64))
+        mean_cost = total / n + self.extra_tokens
         per_batch = max(1, int(self.max_tokens // max(mean_cost, 1.0)))
         if self.max_sentences > 0:
             per_batch = min(per_batch, self.max_sentences)
         return max(1, self.pool_factor * per_batch)
 
-    def _epoch(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-        """This rank's batches of `epoch` in yield order, as (indices, bounds): batch j is
-        indices[bounds[j]:bounds[j + 1]]. Two int64 arrays, not Python lists, so an epoch of
-        tens of millions of pairs costs 8 bytes a pair."""
+    def _epoch(self, epoch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The batches of `epoch` as (order, bounds, sel): batch b is order[bounds[b]:bounds[b +
+        1]], and this rank yields batches sel[0], sel[1], ... . order holds every index once (4
+        bytes a pair below 2**32 pairs); bounds and sel have one entry a batch."""
         src, tgt = self.src_lengths, self.tgt_lengths
+        n = len(src)
         if not self.shuffle:
-            order = np.lexsort((np.arange(len(src)), tgt, src))  # last key is primary
+            order = np.lexsort((np.arange(n), tgt, src))  # last key is primary
             bounds = self._cut(order, 0)
             sel = np.arange(len(bounds) - 1)
         else:
             rng = np.random.default_rng((self.seed, epoch))
-            perm = rng.permutation(len(src))
-            order = sort_pools(
-                perm,
-                self.pool_size,
-                src,
-                tgt,
+            order = np.arange(n, dtype=np.uint32 if n < 2**32 else np.int64)
+            rng.shuffle(order)  # the same permutation (and draws) as rng.permutation(n)
+            bounds = self._sort_and_cut(order)
+            sel = rng.permutation(len(bounds) - 1)
+        usable = len(sel) - len(sel) % self.num_replicas
+        return order, bounds, sel[self.rank : usable : self.num_replicas].copy()
+
+    def _sort_and_cut(self, order: np.ndarray) -> np.ndarray:
+        """Steps 2 and 3 on a shuffled `order`, a block of whole pools at a time: sorts each
+        pool in place and returns where the batches start (then len(order))."""
+        n, m = len(order), self.pool_size
+        step = m * max(1, BLOCK // m)
+        starts = []
+        for a in range(0, n, step):
+            block = order[a : a + step]  # a view: sorted in place
+            block[:] = sort_pools(
+                block,
+                m,
+                self.src_lengths,
+                self.tgt_lengths,
                 self.max_tokens,
                 self.max_sentences,
                 self.strip_factor,
                 self.extra_tokens,
             )
-            bounds = self._cut(order, self.pool_size)
-            sel = rng.permutation(len(bounds) - 1)
-        usable = len(sel) - len(sel) % self.num_replicas
-        return _select(order, bounds, sel[self.rank : usable : self.num_replicas])
+            cut = self._cut(block, m)
+            starts.append(cut[:-1] + a)
+        starts.append(np.array([n], dtype=np.int64))
+        return np.concatenate(starts)
 
     def _cut(self, order: np.ndarray, pool_size: int) -> np.ndarray:
         return cut_bounds(
@@ -323,11 +366,13 @@ class BucketBatchSampler:
             pool_size,
         )
 
-    def _batches(self) -> tuple[np.ndarray, np.ndarray]:
-        """This rank's batches of the current epoch (cached per epoch)."""
+    def _batches(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """This rank's batches of the current epoch (cached per epoch; the previous epoch's
+        arrays are dropped before the next one is computed)."""
         if self._cache is None or self._cache[0] != self.epoch:
+            self._cache = None
             self._cache = (self.epoch, *self._epoch(self.epoch))
-        return self._cache[1], self._cache[2]
+        return self._cache[1], self._cache[2], self._cache[3]
 
     def set_epoch(self, epoch: int) -> None:
         """Move to `epoch` (position 0); the current epoch keeps its position."""
@@ -337,9 +382,10 @@ class BucketBatchSampler:
 
     def __iter__(self) -> Iterator[list[int]]:
         """Yield the current epoch's batches from the stored position on."""
-        order, bounds = self._batches()
-        while self.position < len(bounds) - 1:
-            batch = order[bounds[self.position] : bounds[self.position + 1]].tolist()
+        order, bounds, sel = self._batches()
+        while self.position < len(sel):
+            b = sel[self.position]
+            batch = order[bounds[b] : bounds[b + 1]].tolist()
             self.position += 1
             yield batch
         self.epoch += 1
@@ -348,7 +394,7 @@ class BucketBatchSampler:
     def __len__(self) -> int:
         """Batches this rank yields in the current epoch (from position 0). Once an epoch has
         been iterated to its end, the current epoch is the next one."""
-        return len(self._batches()[1]) - 1
+        return len(self._batches()[2])
 
     def state_dict(self) -> dict:
         """Epoch, position and the settings that define the batches (plain python types)."""

@@ -27,6 +27,16 @@ and side, the shards are concatenated behind an .npy header by the kernel
 a target vocabulary) and the offsets are written from the shards' lengths, one shard at a time.
 Memory is bounded by a block and a chunk per process, plus SentencePiece's sample.
 
+Cache hits without reading the text: `cache_dir/file-digests.json` records, per pair of files
+of a split, the digest with the files' stat (size, modification and change times in ns, inode,
+device) when it was computed. A later prepare whose three splits all match their records takes
+the digests from there and, when that cache exists, opens it without reading a byte of text;
+any difference (an edited, replaced, touched or moved file) re-reads and re-hashes. A digest is
+recorded only for files last changed more than RACY_NS before they were read (like git's racily
+clean entries: a change within the file system's timestamp granularity of the read could leave
+the stat unchanged); the change time cannot be set back by a program, so an edit that restores
+the size and modification time still misses.
+
 A cache is built in a temporary directory `.tmp-<key>-<host>-<pid>-<random>` and renamed into
 place, so a directory under its final name is always complete; an interrupted build removes its
 temporary directory, and one left by a killed process (same host, pid gone) is removed by the
@@ -70,6 +80,10 @@ CACHE_VERSION = 2  # 2: target ids are model ids of a target vocabulary (tokeniz
 SUMMARY = "summary.json"
 CHUNK_LINES = 50_000  # aligned pairs per encoding task
 SMALL_BYTES = 1 << 20  # train text below this: SentencePiece in this process
+DIGESTS = "file-digests.json"  # in cache_dir: stat -> digest of the split files seen
+DIGESTS_VERSION = 1
+DIGESTS_KEPT = 256  # entries (file pairs) kept, the most recently recorded
+RACY_NS = 2_000_000_000  # files changed this shortly before being read get no record
 _TMP = re.compile(r"^\.tmp-[0-9a-f]{20}-(?P<host>[A-Za-z0-9._]+)-(?P<pid>[0-9]+)-[a-z0-9_]{8}$")
 
 
@@ -387,24 +401,111 @@ def _progress(total: int, desc: str) -> tqdm:
     )
 
 
+# ---------------------------------------------------------------------------------------------
+# Digests of unchanged files, by their stat
+
+
+def _stat(path: Path) -> list[int]:
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+
+
+def _pair_name(pair: tuple[Path, Path]) -> str:
+    return "\n".join(os.path.abspath(p) for p in pair)
+
+
+def read_digests(cache_root: Path) -> dict[str, dict]:
+    """The records of `cache_root/file-digests.json`; {} when it is missing or unreadable."""
+    try:
+        data = json.loads((cache_root / DIGESTS).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or data.get("version") != DIGESTS_VERSION:
+        return {}
+    entries = data.get("pairs")
+    if not isinstance(entries, dict):
+        return {}
+    return {
+        k: v
+        for k, v in entries.items()
+        if isinstance(v, dict) and isinstance(v.get("recorded_ns"), int)
+    }
+
+
+def known_digest(records: dict[str, dict], pair: tuple[Path, Path]) -> bytes | None:
+    """The recorded digest of a pair of files whose stat is still the recorded one, else None."""
+    entry = records.get(_pair_name(pair))
+    try:
+        if not isinstance(entry, dict) or entry.get("stat") != [_stat(p) for p in pair]:
+            return None
+        return bytes.fromhex(entry["digest"])
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
+
+
+def _record(
+    records: dict[str, dict],
+    pair: tuple[Path, Path],
+    before: list[list[int]],
+    read_ns: int,
+    digest: bytes,
+) -> bool:
+    """Record a digest computed from reading `pair` from time read_ns on, when the files did not
+    change while they were read and had not changed for RACY_NS before. True if recorded."""
+    try:
+        after = [_stat(p) for p in pair]
+    except OSError:
+        return False
+    newest = max(max(st[1], st[2]) for st in after)  # modification and change times
+    if after != before or newest >= read_ns - RACY_NS:
+        return False
+    records[_pair_name(pair)] = {"stat": after, "digest": digest.hex(), "recorded_ns": read_ns}
+    return True
+
+
+def write_digests(cache_root: Path, new: dict[str, dict]) -> None:
+    """Add the records `new` to those on disk (now: another prepare may have written since),
+    keep the DIGESTS_KEPT most recent, write through a temporary file and a rename. A cache_dir
+    that cannot be written keeps its old records (the next run re-hashes)."""
+    records = read_digests(cache_root) | new
+    recent = sorted(records.items(), key=lambda kv: -kv[1]["recorded_ns"])
+    data = {"version": DIGESTS_VERSION, "pairs": dict(recent[:DIGESTS_KEPT])}
+    tmp: str | None = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{DIGESTS}.", dir=cache_root)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=1)
+        os.replace(tmp, cache_root / DIGESTS)
+    except OSError as e:
+        logger.info("could not record the input files' digests in %s (%s)", cache_root, e)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+
+
 def _scan_all(
     paths: dict[str, tuple[Path, Path]], chunk_lines: int
-) -> tuple[dict[str, tuple[FileScan, FileScan]], list[bytes]]:
-    """Validate every split's files (in order: train, dev, test; source, then target)."""
+) -> tuple[dict[str, tuple[FileScan, FileScan]], list[bytes], dict[str, dict]]:
+    """Validate every split's files (in order: train, dev, test; source, then target). Third
+    result: the records of their digests for file-digests.json (see _record)."""
     scans: dict[str, tuple[FileScan, FileScan]] = {}
     digests = []
+    records: dict[str, dict] = {}
     total = sum(p.stat().st_size for pair in paths.values() for p in pair if p.is_file())
     with _progress(total, "validate") as bar:
         for split in SPLITS:
+            pair = paths[split]
             h = hashlib.sha256()
-            src = scan_file(paths[split][0], chunk_lines, h)
+            read_ns = time.time_ns()
+            before = [_stat(p) for p in pair if p.is_file()]
+            src = scan_file(pair[0], chunk_lines, h)
             bar.update(src.size)
-            tgt = scan_file(paths[split][1], chunk_lines, h)
+            tgt = scan_file(pair[1], chunk_lines, h)
             bar.update(tgt.size)
             check_pair(src, tgt)
             scans[split] = (src, tgt)
             digests.append(h.digest())
-    return scans, digests
+            _record(records, pair, before, read_ns, digests[-1])
+    return scans, digests, records
 
 
 def _spm_child(tok: TokenizerConfig, src: Path, tgt: Path, out: Path, threads: int) -> dict:
@@ -596,15 +697,25 @@ def prepare(data: DataConfig, tok: TokenizerConfig, chunk_lines: int = CHUNK_LIN
     paths = {
         s: (root / f"{stem}.{data.src}", root / f"{stem}.{data.tgt}") for s, stem in stems.items()
     }
-    scans, digests = _scan_all(paths, chunk_lines)
+    cache_root = Path(data.cache_dir)
+    records = read_digests(cache_root)
+    known = [known_digest(records, paths[split]) for split in SPLITS]
+    if all(d is not None for d in known):
+        final = cache_root / _cache_key(data, tok, [d for d in known if d is not None])
+        if (final / SUMMARY).is_file():
+            logger.info("validate: skipped (files unchanged since hashed: %s)", DIGESTS)
+            remove_stale(cache_root)
+            return _reuse(final, paths, stems)
+    scans, digests, new_records = _scan_all(paths, chunk_lines)
     times = {"validate": time.perf_counter() - start}
     logger.info("validate: %.1fs", times["validate"])
     key = _cache_key(data, tok, digests)
-    cache_root = Path(data.cache_dir)
     final = cache_root / key
     remove_stale(cache_root)
 
     if (final / SUMMARY).is_file():
+        if new_records:
+            write_digests(cache_root, new_records)
         return _reuse(final, paths, stems)
 
     cache_root.mkdir(parents=True, exist_ok=True)
@@ -618,6 +729,8 @@ def prepare(data: DataConfig, tok: TokenizerConfig, chunk_lines: int = CHUNK_LIN
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if new_records:
+        write_digests(cache_root, new_records)
     train = summary["splits"]["train"]
     logger.info(
         "train: %d read, %d kept; vocab %s; %.1fs",

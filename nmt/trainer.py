@@ -232,6 +232,7 @@ def setup_data(
             "data.cache_dir on a shared filesystem or copy rank 0's cache to every machine"
         )
     sampler = train_sampler(train_set, cfg.trainer, ctx.world_size, ctx.rank)
+    sampler.set_epoch(0)  # a new run's first epoch: the check computes the batches it uses
     check_epoch_size(sampler, cfg.trainer, ctx.world_size)
     return prepared, train_set, sampler
 

@@ -9,12 +9,16 @@ own process:
 - `python -m nmt.prepare` on it: wall time, peak memory of the process tree, cache size, the
   phase times of the summary, encoding pairs/s;
 - training start-up (prepare's cache hit, opening the train split, the sampler's first epoch,
-  the model) and `--updates` updates on the CPU (`--model small`: 64/64/128 units, the default
+  the model) and `--updates` updates on the CPU; `hit_from_stat` says whether the cache hit
+  took the files' digests from `file-digests.json` (files written less than 2 s before prepare
+  read them are re-hashed instead) (`--model small`: 64/64/128 units, the default
   vocabulary and batch size; what grows with N is the data's share): times and peak memory.
 
 Memory is the peak, sampled every 0.2 s, of the summed PSS (proportional set size: shared pages
-split between the processes sharing them) of the process and its descendants, and the largest
-single-process peak RSS (VmHWM) among them. Results go to `--json`, and a markdown table with the slope
+split between the processes sharing them) of the process and its descendants, the largest
+single-process peak RSS (VmHWM) among them, and the peak of their summed anonymous memory
+(PSS counts the pages of the memory-mapped cache that batches have touched: clean page cache,
+up to the cache's size, which the kernel can drop; anonymous memory is what the process holds). Results go to `--json`, and a markdown table with the slope
 per million pairs (least squares over the sizes) to stdout.
 
     python scripts/scale_benchmark.py --corpus ../shared/corpora/lo.de-en --src de --tgt en \\
@@ -57,15 +61,20 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def _pss_kb(pid: int) -> int:
+def _pss_kb(pid: int) -> tuple[int, int]:
+    """(PSS, anonymous memory) of a process in kB: PSS counts the pages of memory-mapped files
+    it has touched (the cache's ids, clean and reclaimable); anonymous memory does not."""
+    pss = anon = 0
     try:
         with open(f"/proc/{pid}/smaps_rollup") as f:
             for line in f:
                 if line.startswith("Pss:"):
-                    return int(line.split()[1])
+                    pss = int(line.split()[1])
+                elif line.startswith("Anonymous:"):
+                    anon = int(line.split()[1])
     except OSError:
         pass
-    return 0
+    return pss, anon
 
 
 def _hwm_kb(pid: int) -> int:
@@ -79,15 +88,17 @@ def _hwm_kb(pid: int) -> int:
     return 0
 
 
-def tree_memory_mb(pid: int) -> tuple[float, float]:
-    """(summed PSS of pid and its descendants, the largest peak RSS among them)."""
-    todo, total, hwm = [pid], 0, 0
+def tree_memory_mb(pid: int) -> tuple[float, float, float]:
+    """(summed PSS of pid and its descendants, the largest peak RSS among them, summed
+    anonymous memory)."""
+    todo, total, hwm, anon = [pid], 0, 0, 0
     while todo:
         p = todo.pop()
-        total += _pss_kb(p)
+        pss, a = _pss_kb(p)
+        total, anon = total + pss, anon + a
         hwm = max(hwm, _hwm_kb(p))
         todo.extend(_children(p))
-    return total / 1024, hwm / 1024
+    return total / 1024, hwm / 1024, anon / 1024
 
 
 def run_measured(cmd: list[str], log: Path) -> dict:
@@ -95,13 +106,14 @@ def run_measured(cmd: list[str], log: Path) -> dict:
     start = time.perf_counter()
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
-        peak = [0.0, 0.0]
+        peak = [0.0, 0.0, 0.0]
         done = threading.Event()
 
         def sample() -> None:
             while not done.wait(0.2):
-                pss, hwm = tree_memory_mb(proc.pid)
+                pss, hwm, anon = tree_memory_mb(proc.pid)
                 peak[0], peak[1] = max(peak[0], pss), max(peak[1], hwm)
+                peak[2] = max(peak[2], anon)
 
         thread = threading.Thread(target=sample, daemon=True)
         thread.start()
@@ -114,6 +126,7 @@ def run_measured(cmd: list[str], log: Path) -> dict:
         "wall_s": round(time.perf_counter() - start, 2),
         "peak_pss_mb": round(peak[0]),
         "max_process_rss_mb": round(peak[1]),  # VmHWM, sampled
+        "peak_anon_mb": round(peak[2]),  # anonymous memory: PSS less the mapped files' pages
     }
 
 
@@ -169,8 +182,10 @@ def train_child(args: argparse.Namespace) -> None:
     import torch
 
     from nmt import distributed as dist_utils
+    from nmt.cache import known_digest, read_digests
     from nmt.config import DataConfig, TrainConfig
     from nmt.data import collate, prepare
+    from nmt.dataset import SPLITS
     from nmt.model import build_model
     from nmt.optim import build_optimizer
     from nmt.trainer import Criterion, Step, train_sampler, train_update
@@ -187,6 +202,10 @@ def train_child(args: argparse.Namespace) -> None:
     if args.model == "small":  # the data's share of memory is what grows with N
         cfg.model.emb_size, cfg.model.enc_hidden, cfg.model.dec_hidden = 64, 64, 128
     times = {"import_s": t_import - t_start}
+    root = Path(cfg.data.dir)
+    pairs = [(root / f"{s}.{cfg.data.src}", root / f"{s}.{cfg.data.tgt}") for s in SPLITS]
+    records = read_digests(Path(cfg.data.cache_dir))
+    from_stat = all(known_digest(records, pair) is not None for pair in pairs)
     t0 = time.perf_counter()
     prepared = prepare(cfg.data, cfg.tokenizer)
     assert prepared.reused, "the training child expects a prepared cache"
@@ -219,7 +238,8 @@ def train_child(args: argparse.Namespace) -> None:
     times["updates_s"] = time.perf_counter() - t0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out = {k: round(v, 3) for k, v in times.items()}
-    print(json.dumps(out | {"pairs": len(train_set), "self_peak_rss_mb": round(rss)}))
+    out |= {"hit_from_stat": from_stat, "pairs": len(train_set), "self_peak_rss_mb": round(rss)}
+    print(json.dumps(out))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -274,6 +294,10 @@ def main() -> None:
         t0 = time.perf_counter()
         synthesize(corpus, args.src, args.tgt, n, data)
         print(f"[{size:g}M] corpus in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+        # a corpus is normally older than nmt.cache.RACY_NS (2 s) when prepare reads it: only
+        # then are the files' digests recorded for the training run's cache hit
+        newest = max(f.stat().st_mtime for f in data.iterdir())
+        time.sleep(max(0.0, newest + 2.5 - time.time()))
         for workers in worker_counts if size == sizes[0] else [0]:
             cache = work / f"cache-{size:g}M-w{workers}"
             if cache.exists():

@@ -1,12 +1,14 @@
 """BucketBatchSampler: coverage, budget, determinism, epochs, resume, sharding; cut_batches and
-sort_pool against straightforward reference implementations."""
+sort_pool against straightforward reference implementations; the epoch computed block by block
+against the reference and against one pass over the whole set."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from nmt.batching import BucketBatchSampler, cut_batches, cut_bounds, sort_pool
+from nmt import batching
+from nmt.batching import BucketBatchSampler, cut_batches, cut_bounds, sort_pool, sort_pools
 
 MAX_TOKENS = 200
 
@@ -237,11 +239,15 @@ def reference_epoch(s: BucketBatchSampler, epoch: int) -> list[list[int]]:
     return batches[s.rank : usable : s.num_replicas]
 
 
+@pytest.mark.parametrize("block", [batching.BLOCK, 100, 1])  # 100 and 1: many blocks
 @pytest.mark.parametrize(
     "max_sentences, pool_factor, num_replicas, rank",
     [(0, 4, 1, 0), (9, 1, 1, 0), (0, 50, 3, 2), (0, 0, 2, 1)],
 )
-def test_epoch_matches_reference(lengths, max_sentences, pool_factor, num_replicas, rank):
+def test_epoch_matches_reference(
+    lengths, max_sentences, pool_factor, num_replicas, rank, block, monkeypatch
+):
+    monkeypatch.setattr(batching, "BLOCK", block)
     s = sampler(
         lengths,
         max_sentences=max_sentences,
@@ -268,3 +274,66 @@ def test_cut_bounds_per_pool_matches_loop(lengths):
         ]
         assert got == expected
     assert cut_bounds(order[:0], src, tgt, MAX_TOKENS).tolist() == [0]
+
+
+def test_resume_is_exact_with_many_blocks(lengths, monkeypatch):
+    monkeypatch.setattr(batching, "BLOCK", 50)
+    full = sampler(lengths, seed=5)
+    full.set_epoch(2)
+    expected = list(full)
+    assert len(expected) > 20
+    run = sampler(lengths, seed=5)
+    run.set_epoch(2)
+    it = iter(run)
+    seen = [next(it) for _ in range(11)]
+    resumed = sampler(lengths, seed=5)
+    resumed.load_state_dict(run.state_dict())
+    assert seen + list(resumed) == expected
+
+
+def whole_epoch(s: BucketBatchSampler, epoch: int) -> list[list[int]]:
+    """Steps 1-5 over the whole set at once (sort_pools and cut_bounds on every pool together,
+    int64 indices): the computation before it was split into blocks."""
+    rng = np.random.default_rng((s.seed, epoch))
+    perm = rng.permutation(len(s.src_lengths))
+    src, tgt = s.src_lengths.astype(np.int64), s.tgt_lengths.astype(np.int64)
+    order = sort_pools(perm, s.pool_size, src, tgt, s.max_tokens, s.max_sentences, s.strip_factor)
+    bounds = cut_bounds(order, src, tgt, s.max_tokens, s.max_sentences, pool_size=s.pool_size)
+    sel = rng.permutation(len(bounds) - 1)
+    usable = len(sel) - len(sel) % s.num_replicas
+    flat = order.tolist()
+    return [flat[bounds[b] : bounds[b + 1]] for b in sel[s.rank : usable : s.num_replicas].tolist()]
+
+
+def test_epoch_in_blocks_matches_one_pass_over_several_blocks():
+    """1.3M pairs: the default block size (2**19 examples) splits the epoch into three blocks,
+    the last one partial; the batches are those of one pass over the whole set, and the
+    lengths and order are kept in 2 and 4 bytes a pair."""
+    n = 1_300_000
+    assert n > 2 * batching.BLOCK
+    rng = np.random.default_rng(11)
+    src = rng.integers(1, 80, size=n).astype(np.uint16)
+    tgt = np.clip(src.astype(np.int64) + rng.integers(-8, 9, size=n), 1, None).astype(np.uint16)
+    s = BucketBatchSampler(src, tgt, max_tokens=2000, seed=4, num_replicas=2, rank=1)
+    assert s.src_lengths is src  # unsigned lengths are not copied
+    assert s.pool_size < batching.BLOCK
+    s.set_epoch(3)
+    order, _, _ = s._batches()
+    assert order.dtype == np.uint32
+    assert list(s) == whole_epoch(s, 3)
+
+
+def test_lengths_kept_small_and_unsigned():
+    s = BucketBatchSampler(np.array([3, 0, 70000]), np.array([1, 2, 3]), max_tokens=100)
+    assert s.src_lengths.dtype == np.uint32 and s.tgt_lengths.dtype == np.uint16
+    assert sorted(i for b in s for i in b) == [0, 1, 2]
+    with pytest.raises(ValueError, match="negative length"):
+        BucketBatchSampler(np.array([1, -1]), np.array([1, 1]), max_tokens=100)
+
+
+@pytest.mark.parametrize("span", [1, 7, 2**40, 2**62])  # 2**62: too wide, numpy's own sort
+def test_stable_argsort_matches_numpy(span):
+    rng = np.random.default_rng(span % 1000)
+    key = rng.integers(0, span, size=5000, dtype=np.int64)
+    got = batching._stable_argsort(key.copy(), span)
+    assert got.tolist() == np.argsort(key, kind="stable").tolist()

@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+from nmt import dataset as dataset_mod
 from nmt import textio
 from nmt.data import Batch, DataError, ParallelDataset, collate, read_parallel
+from nmt.dataset import lengths_of
 from nmt.tokenizer import split_lines
 
 # deliberately not the defaults (0..3), so a hard-coded id shows up
@@ -82,13 +84,26 @@ def test_dataset_from_flat_ids_and_offsets():
         np.array([0, 1, 3, 3], dtype=np.int64),
     )
     assert len(ds) == 3
-    assert ds.src_lengths.tolist() == [3, 0, 1] and ds.src_lengths.dtype == np.int64
+    assert ds.src_lengths.tolist() == [3, 0, 1] and ds.src_lengths.dtype == np.uint16
     assert ds.tgt_lengths.tolist() == [1, 2, 0]
     for i in range(3):
         s, t = ds[i]
         assert s.tolist() == src[i] and t.tolist() == tgt[i]
     with pytest.raises(ValueError):  # one source sentence, no target
         ParallelDataset(np.array([1]), np.array([0, 1]), np.array([]), np.array([0]))
+
+
+@pytest.mark.parametrize("block", [dataset_mod.LENGTH_BLOCK, 2, 1])
+def test_lengths_of_offsets_in_blocks(block, monkeypatch):
+    monkeypatch.setattr(dataset_mod, "LENGTH_BLOCK", block)
+    offsets = np.array([0, 3, 3, 70_003, 70_010, 70_011], dtype=np.int64)
+    lengths = lengths_of(offsets)
+    assert lengths.tolist() == [3, 0, 70_000, 7, 1] and lengths.dtype == np.uint32
+    small = lengths_of(np.array([0, 2, 65_537], dtype=np.int64))
+    assert small.tolist() == [2, 65_535] and small.dtype == np.uint16
+    assert lengths_of(np.zeros(1, dtype=np.int64)).tolist() == []
+    with pytest.raises(ValueError, match="offsets decrease after position 1"):
+        lengths_of(np.array([0, 4, 2, 5], dtype=np.int64))
 
 
 # ---------------------------------------------------------------------------------------------

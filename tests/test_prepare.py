@@ -19,6 +19,7 @@ import pytest
 from nmt import cache as cache_mod
 from nmt.config import DataConfig, TokenizerConfig
 from nmt.data import DataError, prepare, read_parallel, remove_stale
+from nmt.dataset import Prepared
 from nmt.tokenizer import Tokenizer, split_lines
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -146,7 +147,7 @@ def test_cached_arrays_are_compact_and_memory_mapped(prepared):
     offsets = np.load(prep.path / "train.src.offsets.npy", mmap_mode="r")
     assert isinstance(ids, np.memmap) and ids.dtype == np.uint16
     assert offsets.dtype == np.int64 and offsets[0] == 0 and offsets[-1] == len(ids)
-    assert prep.dataset("train").src_lengths.dtype == np.int64
+    assert prep.dataset("train").src_lengths.dtype == np.uint16  # 2 bytes a pair
 
 
 def test_tokenizer_round_trip_on_prepared_data(prepared):
@@ -180,9 +181,76 @@ def test_cache_reused_and_invalidated(tmp_path):
     write_lines(corpus / "test.en", lines)
     changed = prepare(config(corpus, cache), TOK)
     assert not changed.reused and changed.path != first.path
-    assert sorted(p.name for p in cache.iterdir()) == sorted(
+    assert sorted(p.name for p in cache.iterdir() if p.name != cache_mod.DIGESTS) == sorted(
         p.name for p in (first.path, other_vocab.path, changed.path)
     )  # complete caches only, no temporary directories left behind
+
+
+def prepare_logged(corpus: Path, cache: Path, caplog) -> tuple[Prepared, bool]:
+    """prepare(), and whether it skipped reading the text (the files' digests from their stat)."""
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="nmt.cache"):
+        prep = prepare(config(corpus, cache), TOK)
+    return prep, "validate: skipped" in caplog.text
+
+
+def test_cache_hit_from_stat_without_reading_the_text(tmp_path, monkeypatch, caplog):
+    """Unchanged files hit the cache without being read again; a touched identical file is
+    re-hashed and hits; an edit of the same size misses, with a new modification time and
+    also with the old one set back (the change time differs)."""
+    monkeypatch.setattr(cache_mod, "RACY_NS", 200_000_000)  # the tests' own 0.2 s margin
+    corpus = make_corpus(tmp_path / "corpus")
+    cache = tmp_path / "cache"
+    time.sleep(0.3)  # older than the margin: the digests are recorded
+    first, skipped = prepare_logged(corpus, cache, caplog)
+    assert not first.reused and not skipped
+    assert len(cache_mod.read_digests(cache)) == 3  # train, dev, test
+
+    again, skipped = prepare_logged(corpus, cache, caplog)
+    assert again.reused and skipped and again.path == first.path
+    assert again.summary == first.summary
+
+    os.utime(corpus / "train.es")  # touched, identical: re-hashed, hits
+    touched, skipped = prepare_logged(corpus, cache, caplog)
+    assert touched.reused and not skipped and touched.path == first.path
+    time.sleep(0.3)  # the touch is older than the margin now: recorded on the next read
+    assert prepare_logged(corpus, cache, caplog)[0].reused
+    assert prepare_logged(corpus, cache, caplog)[1]
+
+    def edit(path: Path, keep_mtime: bool) -> None:
+        st = path.stat()
+        lines = split_lines(path.read_text("utf-8"))
+        lines[1] = lines[1].swapcase()  # same size, new content
+        write_lines(path, lines)
+        assert path.stat().st_size == st.st_size
+        if keep_mtime:
+            os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+            assert path.stat().st_mtime_ns == st.st_mtime_ns
+
+    edit(corpus / "test.en", keep_mtime=False)
+    edited, skipped = prepare_logged(corpus, cache, caplog)
+    assert not edited.reused and not skipped and edited.path != first.path
+    time.sleep(0.3)  # the edit is older than the margin: re-hashed and recorded, then a hit
+    assert not prepare_logged(corpus, cache, caplog)[1]
+    assert prepare_logged(corpus, cache, caplog)[1]
+
+    edit(corpus / "dev.es", keep_mtime=True)
+    set_back, skipped = prepare_logged(corpus, cache, caplog)
+    assert not set_back.reused and not skipped
+    assert set_back.path not in (first.path, edited.path)
+
+
+def test_recently_changed_files_are_not_recorded(tmp_path, caplog):
+    """Files changed within RACY_NS (2 s) of being read get no record: re-hashed next time."""
+    corpus = make_corpus(tmp_path / "corpus")
+    cache = tmp_path / "cache"
+    prepare_logged(corpus, cache, caplog)
+    for split in SIZES:  # just changed (the content is the same)
+        os.utime(corpus / f"{split}.es")
+    again, skipped = prepare_logged(corpus, cache, caplog)
+    assert again.reused and not skipped
+    third, skipped = prepare_logged(corpus, cache, caplog)
+    assert third.reused and not skipped and third.path == again.path
 
 
 def test_failed_build_leaves_no_cache(tmp_path):
@@ -427,5 +495,5 @@ def test_interrupted_prepare_leaves_no_partial_cache(tmp_path, sig):
         assert left.name.startswith(".tmp-") and str(proc.pid) in left.name
     cfg = DataConfig(dir=str(corpus), src="es", tgt="en", cache_dir=str(cache), num_workers=1)
     prep = prepare(cfg, TokenizerConfig(vocab_size=300, input_sentence_size=2000))
-    assert [p.name for p in cache.iterdir()] == [prep.path.name]
+    assert [p.name for p in cache.iterdir() if p.name != cache_mod.DIGESTS] == [prep.path.name]
     assert prep.summary["splits"]["train"]["read"] == 5000
