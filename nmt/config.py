@@ -97,7 +97,7 @@ class TokenizerConfig:
     # the target vocabulary (output layer, target embeddings): used = the specials and every
     # piece in the target side of the training data, mapped to and from SentencePiece ids (a
     # checkpoint given as `model` brings its own); all = every piece of the target model
-    target_vocab: str = "used"
+    target_vocab: str = "all"
 
     def check(self, p: str = "tokenizer") -> None:
         _choice(f"{p}.model_type", self.model_type, ("unigram", "bpe", "char", "word"))

@@ -21,7 +21,7 @@ gates, input and recurrent matmuls)::
 
 For the reference model (E 256, 2x256 bi-LSTM, 2x512 decoder with input feeding, 8k vocabulary)
 this is about 70 MFLOP per target token at source length ~ target length. V is the model's
-target vocabulary: with ``tokenizer.target_vocab=used`` (the default) the target pieces in use,
+target vocabulary: with ``tokenizer.target_vocab=used`` the target pieces in use,
 4,549 on lo.de-en (64.5M FLOPs per real target token measured, against 75.1M with ``all``).
 """
 

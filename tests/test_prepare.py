@@ -25,7 +25,7 @@ from nmt.tokenizer import Tokenizer, split_lines
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "data" / "demo.es-en"
 SIZES = {"train": 500, "dev": 60, "test": 60}
-TOK = TokenizerConfig(vocab_size=300)
+TOK = TokenizerConfig(vocab_size=300, target_vocab="used")  # the mapped target ids
 
 
 def demo_lines(split: str, lang: str) -> list[str]:

@@ -99,8 +99,8 @@ def test_tiny_run_end_to_end(corpus: Path, tmp_path: Path) -> None:
     assert len((out / "test.hyp.en").read_text(encoding="utf-8").splitlines()) == 20
     model, tok, ckpt = load_model(out / "best.pt")
     assert ckpt["metric"]["update"] in (20, 40) and tok.src_vocab_size == 300
-    assert tok.tgt_vocab is not None  # target_vocab=used: one output row per piece in use
-    assert model.output.weight.shape[0] == tok.tgt_vocab_size == len(tok.tgt_vocab) < 300
+    assert tok.tgt_vocab is None  # target_vocab=all (the default): every piece has a row
+    assert model.output.weight.shape[0] == tok.tgt_vocab_size == 300
 
     acc = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
     acc.Reload()

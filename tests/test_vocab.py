@@ -57,7 +57,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def sp_tok(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Tokenizer, Path]:
     """A joint 300-piece model trained on the corpus, without a target vocabulary."""
     out = tmp_path_factory.mktemp("spm")
-    cfg = TokenizerConfig(vocab_size=VOCAB)
+    cfg = TokenizerConfig(vocab_size=VOCAB, target_vocab="used")
     return Tokenizer.train(cfg, [corpus / "train.es"], [corpus / "train.en"], out, 1), out
 
 
@@ -158,7 +158,7 @@ def data_config(corpus: Path, cache: Path) -> DataConfig:
 
 def test_prepare_used_and_all(corpus: Path, tmp_path: Path) -> None:
     cfg = data_config(corpus, tmp_path / "cache")
-    used = prepare(cfg, TokenizerConfig(vocab_size=VOCAB))
+    used = prepare(cfg, TokenizerConfig(vocab_size=VOCAB, target_vocab="used"))
     full = prepare(cfg, TokenizerConfig(vocab_size=VOCAB, target_vocab="all"))
     assert used.path != full.path  # the setting is part of the cache key
     model = used.path / "spm.model"
@@ -191,15 +191,16 @@ def test_prepare_used_and_all(corpus: Path, tmp_path: Path) -> None:
         assert full.summary["target_vocab"]["new_unk"][split] == 0
     assert used.summary["target_vocab"]["new_unk"]["train"] == 0
 
-    again = prepare(cfg, TokenizerConfig(vocab_size=VOCAB))
+    again = prepare(cfg, TokenizerConfig(vocab_size=VOCAB, target_vocab="used"))
     assert again.reused and again.tokenizer.fingerprint() == used.tokenizer.fingerprint()
 
 
 def test_tie_embeddings_needs_the_whole_vocabulary() -> None:
     tied = ModelConfig(tie_embeddings=True)
+    used = TokenizerConfig(target_vocab="used")
     with pytest.raises(ConfigError, match=r"tie_embeddings=True: .*tokenizer\.target_vocab=all"):
-        TrainConfig(model=tied)
-    cfg = TrainConfig(model=tied, tokenizer=TokenizerConfig(target_vocab="all"))
+        TrainConfig(model=tied, tokenizer=used)
+    cfg = TrainConfig(model=tied)  # target_vocab=all, the default
     assert cfg.model.tie_embeddings
     with pytest.raises(ConfigError, match="target_vocab=some: unknown value"):
         TokenizerConfig(target_vocab="some").check()
@@ -210,6 +211,8 @@ def test_tie_embeddings_needs_the_whole_vocabulary() -> None:
 
 
 def overrides(corpus: Path, cache: Path, *extra: str) -> list[str]:
+    """A tiny run with ``tokenizer.target_vocab=used`` unless ``extra`` sets it."""
+    used = ["tokenizer.target_vocab=used"]
     return [
         "data=demo_es_en",
         f"data.dir={corpus}",
@@ -227,6 +230,7 @@ def overrides(corpus: Path, cache: Path, *extra: str) -> list[str]:
         "device=cpu",
         "eval_test=false",
         *extra,
+        *([] if any(e.startswith("tokenizer.target_vocab=") for e in extra) else used),
     ]
 
 

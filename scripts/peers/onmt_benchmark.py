@@ -12,8 +12,8 @@ sitting, each run a fresh process:
   gives the filtered training pairs as ids; OpenNMT-py gets exactly those pairs as pieces
   (``spm.id_to_piece``, so an unknown id is ``<unk>``), and as vocabularies the pieces that
   occur on each side of them (``piece<TAB>count``, specials left to OpenNMT-py). nmt's output
-  layer spans the target pieces in use too (``tokenizer.target_vocab=used``, the default since
-  issue 17 item 2; its cached target ids are model ids, mapped back to SentencePiece ids here);
+  layer spans the target pieces in use too (``tokenizer.target_vocab=used``, set here unless an
+  override says otherwise; an option since issue 17 item 2; its cached target ids are model ids, mapped back to SentencePiece ids here);
   ``tokenizer.target_vocab=all`` spans all pieces of the joint model, as before.
 - model: nmt ``experiment=reference trainer.max_tokens=2600`` (emb 256, 2x256 bi-LSTM, 2x512
   decoder, general attention, input feeding, learned bridge, dropout 0.2, Adam 1e-3, label
@@ -641,6 +641,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     p.add_argument("--out-md")
     args = p.parse_args(argv)
     overrides = [*NMT_OVERRIDES, f"trainer.max_tokens={args.nmt_max_tokens}", *args.overrides]
+    if not any(o.startswith("tokenizer.target_vocab=") for o in overrides):
+        overrides.append("tokenizer.target_vocab=used")  # like OpenNMT-py's vocabulary
     return args, overrides
 
 
