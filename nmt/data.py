@@ -7,6 +7,7 @@ datasets and `Prepared` in nmt/dataset.py; they are re-exported here so that
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +26,7 @@ __all__ = [
     "Batch",
     "DataError",
     "ParallelDataset",
+    "collate_indices",
     "Prepared",
     "collate",
     "prepare",
@@ -114,3 +116,10 @@ def collate(
         index=torch.tensor([r[0] for r in rows], dtype=torch.int64),
         tgt_lengths=torch.from_numpy(tgt_len + 1),
     )
+
+
+def collate_indices(
+    dataset: ParallelDataset, indices: Iterable[int], pad_id: int, bos_id: int, eos_id: int
+) -> Batch:
+    """``collate`` of the examples ``indices`` of ``dataset`` (a sampler's batch)."""
+    return collate([(i, *dataset[i]) for i in indices], pad_id, bos_id, eos_id)

@@ -31,7 +31,7 @@ from nmt.checkpoint import (
     remove_stale_temps,
 )
 from nmt.config import TrainConfig, TrainerConfig
-from nmt.data import Batch, ParallelDataset, Prepared, collate, prepare
+from nmt.data import Batch, ParallelDataset, Prepared, collate_indices, prepare
 from nmt.device import (
     fp16_step_skipped,
     real_rows,
@@ -133,7 +133,7 @@ def update_groups(
     group: list[Batch] = []
     for k in range(left):
         idx = next(batches)
-        group.append(collate([(i, *dataset[i]) for i in idx], pad, bos, eos))
+        group.append(collate_indices(dataset, idx, pad, bos, eos))
         if len(group) == accum or k == left - 1:
             yield group
             group = []

@@ -19,7 +19,7 @@ from nmt.checkpoint import (
     save_checkpoint,
 )
 from nmt.config import TrainConfig
-from nmt.data import ParallelDataset, Prepared, collate
+from nmt.data import ParallelDataset, Prepared, collate_indices
 from nmt.device import (
     real_rows,
     to_device,
@@ -67,7 +67,7 @@ def dev_loss(
     model.eval()
     with torch.inference_mode(), autocast(device, precision):
         for idx in sampler:
-            cpu = collate([(i, *dataset[i]) for i in idx], pad_id, bos_id, eos_id)
+            cpu = collate_indices(dataset, idx, pad_id, bos_id, eos_id)
             b = to_device(cpu, device)
             real = real_rows(cpu.tgt_out, pad_id, device)
             loss, _ = criterion(b.src, b.src_lengths, b.tgt_in, b.tgt_out, real)

@@ -24,7 +24,7 @@ import numpy as np
 
 from nmt.batching import BucketBatchSampler, cut_batches
 from nmt.config import DataConfig, TokenizerConfig
-from nmt.data import ParallelDataset, collate, prepare
+from nmt.data import ParallelDataset, collate_indices, prepare
 
 
 def padding(batches: list[list[int]], lengths: np.ndarray, extra_tokens: int) -> float:
@@ -51,7 +51,7 @@ def measure(
     build_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     for batch in batches:
-        collate([(i, *data[i]) for i in batch], pad_id, bos_id, eos_id)
+        collate_indices(data, batch, pad_id, bos_id, eos_id)
     collate_s = time.perf_counter() - t0
     sizes = np.array([len(b) for b in batches])
     cost = np.maximum(data.src_lengths, data.tgt_lengths) + 1

@@ -26,7 +26,7 @@ import torch
 
 from nmt.batching import BucketBatchSampler
 from nmt.config import DataConfig, ModelConfig, TokenizerConfig
-from nmt.data import Batch, collate, prepare
+from nmt.data import Batch, collate_indices, prepare
 from nmt.loss import label_smoothed_nll
 from nmt.model import Seq2Seq, build_model
 
@@ -77,9 +77,7 @@ def main() -> None:
     )
     batches: list[Batch] = []
     for indices in sampler:
-        batches.append(
-            collate([(i, *train[i]) for i in indices], tok.pad_id, tok.bos_id, tok.eos_id)
-        )
+        batches.append(collate_indices(train, indices, tok.pad_id, tok.bos_id, tok.eos_id))
         if len(batches) == args.warmup + args.batches:
             break
     measured = batches[args.warmup :]

@@ -184,7 +184,7 @@ def train_child(args: argparse.Namespace) -> None:
     from nmt import distributed as dist_utils
     from nmt.cache import known_digest, read_digests
     from nmt.config import DataConfig, TrainConfig
-    from nmt.data import collate, prepare
+    from nmt.data import collate_indices, prepare
     from nmt.dataset import SPLITS
     from nmt.model import build_model
     from nmt.optim import build_optimizer
@@ -231,7 +231,7 @@ def train_child(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     idx = first
     for _ in range(args.updates):
-        batch = collate([(i, *train_set[i]) for i in idx], tok.pad_id, tok.bos_id, tok.eos_id)
+        batch = collate_indices(train_set, idx, tok.pad_id, tok.bos_id, tok.eos_id)
         model.train()
         train_update([batch], step)
         idx = next(batches)

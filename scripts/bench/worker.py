@@ -164,7 +164,7 @@ def make_update(
     ``nmt.trainer.train_update`` and returns its counts. ``out_dir`` only names the run:
     nothing is written there."""
     from nmt import distributed as dist_utils
-    from nmt.data import collate
+    from nmt.data import collate_indices
     from nmt.flops import training_flops
     from nmt.trainer import Step, setup_data, setup_model, train_update
 
@@ -189,9 +189,7 @@ def make_update(
         group = []
         for _ in range(cfg.trainer.accum_steps):
             idx = next(batches)
-            group.append(
-                collate([(i, *train_set[i]) for i in idx], tok.pad_id, tok.bos_id, tok.eos_id)
-            )
+            group.append(collate_indices(train_set, idx, tok.pad_id, tok.bos_id, tok.eos_id))
         stats = train_update(group, step)
         return {
             "tgt": float(stats.tokens),
