@@ -115,7 +115,13 @@ def remove_stale(cache_root: Path) -> list[Path]:
         pid = int(m["pid"])
         if pid == os.getpid() or _alive(pid):
             continue
-        shutil.rmtree(entry, ignore_errors=True)
+        # a killed prepare's encoding workers may still be writing shards into it for a moment
+        # (they notice their parent's death asynchronously): retry until it stays gone
+        for _ in range(50):
+            shutil.rmtree(entry, ignore_errors=True)
+            if not entry.exists():
+                break
+            time.sleep(0.1)
         removed.append(entry)
         logger.info("removed %s, left by an interrupted prepare (pid %d)", entry, pid)
     return removed
