@@ -475,19 +475,25 @@ def test_interrupted_prepare_leaves_no_partial_cache(tmp_path, sig):
             lines = split_lines((DEMO / f"{split}.{lang}").read_text("utf-8"))[:n]
             write_lines(corpus / f"{split}.{lang}", lines)
     cache = tmp_path / "cache"
+    # the signal is sent mid-way through encoding; should the build win that race (a loaded
+    # machine), the same signal comes from the fault point before the final rename
+    fault = f"prepare:1:{sig.name.removeprefix('SIG')}"
     proc = subprocess.Popen(
         [sys.executable, "-c", KILL_SCRIPT, str(corpus), str(cache)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": str(ROOT), "NMT_FAULT": fault},
     )
     deadline = time.monotonic() + 60
-    while not any(cache.glob(".tmp-*/shards/train.*")):  # mid-way through encoding
-        assert proc.poll() is None and time.monotonic() < deadline, "prepare ended too early"
+    while not any(cache.glob(".tmp-*/shards/train.*")) and proc.poll() is None:
+        assert time.monotonic() < deadline, "prepare did not start encoding"
         time.sleep(0.01)
-    proc.send_signal(sig)
+    if proc.poll() is None:
+        proc.send_signal(sig)
     proc.wait(timeout=60)
-    assert not any((p / "summary.json").exists() for p in cache.iterdir())
+    assert proc.returncode != 0
+    finals = [p for p in cache.iterdir() if not p.name.startswith(".tmp-")]
+    assert not any((p / "summary.json").exists() for p in finals)  # no complete cache
     if sig == signal.SIGINT:
         assert list(cache.iterdir()) == []  # cleaned up on the way out
     else:
