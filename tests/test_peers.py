@@ -83,3 +83,25 @@ def test_closest_and_ratio(peers: ModuleType) -> None:
     assert peers.ratio(None, 4.0) is None and peers.ratio(2.0, 0.0) is None
     assert peers.median_or_none([None, 3.0, 1.0, 2.0]) == 2.0
     assert peers.median_or_none([None]) is None
+
+
+def test_int8_rows_are_set_against_onmt_float_decoding(peers: ModuleType) -> None:
+    def arm(sps: float) -> dict:
+        return {"sentences_per_s": sps, "mean_output_tokens": 30.0, "bleu": 20.0}
+
+    rounds = [
+        {
+            "nmt": {"decode": {"beam5": arm(10.0), "beam5_int8": arm(15.0)}},
+            "onmt": {"decode": {"beam5": arm(5.0)}},
+        },
+        {
+            "nmt": {"decode": {"beam5": arm(12.0), "beam5_int8": arm(17.0)}},
+            "onmt": {"decode": {"beam5": arm(7.0)}},
+        },
+    ]
+    s = peers.summarise(rounds)
+    assert s["decode.beam5.sentences_per_s"]["ratio_nmt_over_onmt"] == 11.0 / 6.0
+    int8 = s["decode.beam5_int8.sentences_per_s"]
+    assert int8["rounds"]["onmt"] == [5.0, 7.0]
+    assert int8["ratio_nmt_over_onmt"] == 16.0 / 6.0
+    assert s["decode.greedy_int8.sentences_per_s"]["ratio_nmt_over_onmt"] is None

@@ -1,13 +1,14 @@
 """nmt's side of the peer benchmark's decoding: one checkpoint, one beam size, timed.
 
     PYTHONPATH=. .venv/bin/python scripts/peers/nmt_decode.py CKPT SRC --beam 5 \
-        --repeats 3 --threads 2 --max-tokens 6000 --output OUT --json-out X
+        --repeats 3 --threads 2 --max-tokens 6000 [--quantize int8] --output OUT --json-out X
 
 SRC holds raw source lines, encoded with the checkpoint's SentencePiece model (the peer
 benchmark gives OpenNMT-py the same ids as pieces, so both toolkits decode the same input).
 ``nmt.translation.translate_ids`` (what ``nmt.translate`` runs) translates the first 16 lines
 as a warm-up, then all lines ``--repeats`` times, each call timed (model loading and
-SentencePiece not timed). The best hypothesis of each line is written to ``--output`` as
+SentencePiece not timed; ``--quantize int8`` quantizes after loading, untimed, as
+``nmt-translate quantize=int8`` does). The best hypothesis of each line is written to ``--output`` as
 target pieces, and the timings as JSON to ``--json-out``.
 """
 
@@ -22,6 +23,7 @@ import torch
 
 from nmt.checkpoint import load_model
 from nmt.config import DecodeConfig
+from nmt.quantize import QUANTIZE_MODES, quantize_model
 from nmt.translation import translate_ids
 
 
@@ -33,13 +35,14 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--max-tokens", type=int, default=DecodeConfig().max_tokens)
+    p.add_argument("--quantize", choices=QUANTIZE_MODES, default="none")
     p.add_argument("--output", required=True)
     p.add_argument("--json-out", required=True)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     model, tok, _ = load_model(args.ckpt, "cpu")
-    model.eval()
+    model = quantize_model(model.eval(), args.quantize)
     load_s = time.perf_counter() - t0
     with open(args.src, encoding="utf-8") as f:
         ids = tok.encode_src([line.rstrip("\n") for line in f])

@@ -454,14 +454,17 @@ def decode_arm(
 ) -> dict[str, Any]:
     work: Path = data["work"]
     out: dict[str, Any] = {}
-    for name, beam in (("greedy", 1), ("beam5", 5)):
+    arms = [("greedy", 1, "none"), ("beam5", 5, "none")]
+    if toolkit == "nmt" and args.nmt_int8:
+        arms += [("greedy_int8", 1, "int8"), ("beam5_int8", 5, "int8")]
+    for name, beam, quantize in arms:
         hyp_path, timing = run_dir / f"{name}.hyp", run_dir / f"{name}.json"
         if toolkit == "nmt":
             cmd = [
                 sys.executable, str(HERE / "nmt_decode.py"), str(ckpt), str(work / "decode.src.txt"),
                 "--beam", str(beam), "--repeats", str(args.decode_repeats),
                 "--threads", str(args.threads), "--max-tokens", str(args.decode_max_tokens),
-                "--output", str(hyp_path), "--json-out", str(timing),
+                "--quantize", quantize, "--output", str(hyp_path), "--json-out", str(timing),
             ]  # fmt: skip
             env = child_env(args.threads, {"PYTHONPATH": str(ROOT)})
         else:
@@ -524,6 +527,29 @@ METRICS: list[tuple[str, str, str]] = [
     ("decode.beam5.tokens_per_s", "beam 5, output tokens/s", "higher"),
     ("decode.beam5.mean_output_tokens", "beam 5, mean output length (pieces)", ""),
     ("decode.beam5.bleu", "beam 5, BLEU on the decoded dev sentences", ""),
+    # nmt only (--nmt-int8); the ratio is against OpenNMT-py's float decoding of the same kind
+    (
+        "decode.greedy_int8.sentences_per_s",
+        "greedy, sentences/s, nmt int8 (OpenNMT-py float)",
+        "higher",
+    ),
+    (
+        "decode.greedy_int8.mean_output_tokens",
+        "greedy, mean output length, nmt int8 (OpenNMT-py float)",
+        "",
+    ),
+    ("decode.greedy_int8.bleu", "greedy, BLEU, nmt int8 (OpenNMT-py float)", ""),
+    (
+        "decode.beam5_int8.sentences_per_s",
+        "beam 5, sentences/s, nmt int8 (OpenNMT-py float)",
+        "higher",
+    ),
+    (
+        "decode.beam5_int8.mean_output_tokens",
+        "beam 5, mean output length, nmt int8 (OpenNMT-py float)",
+        "",
+    ),
+    ("decode.beam5_int8.bleu", "beam 5, BLEU, nmt int8 (OpenNMT-py float)", ""),
 ]
 
 
@@ -535,10 +561,17 @@ def dig(d: Any, path: str) -> float | None:
     return float(d) if isinstance(d, int | float) else None
 
 
+def onmt_key(key: str) -> str:
+    """The OpenNMT-py metric an nmt-only int8 metric is set against (its float decoding)."""
+    return key.replace("_int8.", ".")
+
+
 def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     for key, label, better in METRICS:
         per = {tk: [dig(r[tk], key) for r in rounds if tk in r] for tk in TOOLKITS}
+        if "_int8." in key:  # OpenNMT-py has no int8 arm: set against its float decoding
+            per["onmt"] = [dig(r["onmt"], onmt_key(key)) for r in rounds if "onmt" in r]
         med = {tk: median_or_none(v) for tk, v in per.items()}
         summary[key] = {
             "label": label,
@@ -635,6 +668,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     p.add_argument("--decode-max-tokens", type=int, default=6000)
     p.add_argument("--decode-repeats", type=int, default=3)
     p.add_argument("--no-decode", action="store_true")
+    p.add_argument(
+        "--nmt-int8", action="store_true", help="also decode nmt's model with quantize=int8"
+    )
     p.add_argument("--only", choices=TOOLKITS, help="run one toolkit (calibration)")
     p.add_argument("--start-timeout", type=float, default=600.0, help="slack for start-up")
     p.add_argument("--out-json")
