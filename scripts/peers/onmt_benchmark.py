@@ -561,17 +561,16 @@ def dig(d: Any, path: str) -> float | None:
     return float(d) if isinstance(d, int | float) else None
 
 
-def onmt_key(key: str) -> str:
-    """The OpenNMT-py metric an nmt-only int8 metric is set against (its float decoding)."""
-    return key.replace("_int8.", ".")
+def toolkit_key(toolkit: str, key: str) -> str:
+    """The metric of ``toolkit`` a row shows: OpenNMT-py has no int8 arm, so nmt's int8 rows
+    are set against its float decoding of the same kind."""
+    return key if toolkit == "nmt" else key.replace("_int8.", ".")
 
 
 def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     for key, label, better in METRICS:
-        per = {tk: [dig(r[tk], key) for r in rounds if tk in r] for tk in TOOLKITS}
-        if "_int8." in key:  # OpenNMT-py has no int8 arm: set against its float decoding
-            per["onmt"] = [dig(r["onmt"], onmt_key(key)) for r in rounds if "onmt" in r]
+        per = {tk: [dig(r[tk], toolkit_key(tk, key)) for r in rounds if tk in r] for tk in TOOLKITS}
         med = {tk: median_or_none(v) for tk, v in per.items()}
         summary[key] = {
             "label": label,
