@@ -18,7 +18,8 @@ test pieces outside it are stored as unk, and counted in the summary).
 Phases, each logged with its time: (1) validate: every file is read once in blocks (UTF-8,
 line counts, a digest for the cache key, the byte offset of every `chunk_lines`-th line);
 (2) SentencePiece is trained on a stream of the train lines (it keeps only its own sample of
-`input_sentence_size` sentences); (3) encode: chunks of `chunk_lines` aligned pairs go to
+`input_sentence_size` sentences, fewer when the text is over `input_sample_mb`: its memory
+grows with the bytes it samples); (3) encode: chunks of `chunk_lines` aligned pairs go to
 `data.num_workers` worker processes, each reading its chunk straight from the files, encoding,
 filtering (train) and writing its own shard files of SentencePiece ids, and counting the target
 pieces of its train pairs; (4) write: the target vocabulary is made from those counts; per split
@@ -71,7 +72,14 @@ from nmt.config import DataConfig, TokenizerConfig
 from nmt.dataset import SPLITS, Prepared
 from nmt.faults import fault_point
 from nmt.textio import DataError, FileScan, check_pair, read_chunk, scan_file
-from nmt.tokenizer import Tokenizer, read_tokenizer, resolve_threads
+from nmt.tokenizer import (
+    Tokenizer,
+    model_files,
+    read_tokenizer,
+    resolve_threads,
+    sample_bounded,
+    sample_size,
+)
 from nmt.vocab import TargetVocab, TargetVocabError
 
 logger = logging.getLogger(__name__)
@@ -127,7 +135,20 @@ def remove_stale(cache_root: Path) -> list[Path]:
     return removed
 
 
-def _cache_key(data: DataConfig, tok: TokenizerConfig, digests: list[bytes]) -> str:
+def _tokenizer_settings(tok: TokenizerConfig, train: tuple[Path, Path]) -> dict:
+    """The tokenizer settings the cache depends on: ``input_sample_mb`` only where it bounds a
+    sample (so caches from before the option stay valid for text under the bound)."""
+    if tok.model:
+        return {"model": read_tokenizer(tok.model).fingerprint(), "target_vocab": tok.target_vocab}
+    settings = asdict(tok)
+    if not any(sample_bounded(tok, files) for files in model_files(tok, *train)):
+        del settings["input_sample_mb"]
+    return settings
+
+
+def _cache_key(
+    data: DataConfig, tok: TokenizerConfig, digests: list[bytes], train: tuple[Path, Path]
+) -> str:
     """Hash of everything the cache content depends on (not paths, not thread counts)."""
     settings = {
         "version": CACHE_VERSION,
@@ -135,9 +156,7 @@ def _cache_key(data: DataConfig, tok: TokenizerConfig, digests: list[bytes]) -> 
         "tgt": data.tgt,
         "max_len": data.max_len,
         "max_ratio": data.max_ratio,
-        "tokenizer": asdict(tok)
-        if not tok.model
-        else {"model": read_tokenizer(tok.model).fingerprint(), "target_vocab": tok.target_vocab},
+        "tokenizer": _tokenizer_settings(tok, train),
     }
     h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode("utf-8"))
     for digest in digests:
@@ -518,6 +537,25 @@ def _spm_child(tok: TokenizerConfig, src: Path, tgt: Path, out: Path, threads: i
     return Tokenizer.train(tok, [src], [tgt], out, num_threads=threads).to_bytes()
 
 
+def _log_sample(tok: TokenizerConfig, train: tuple[FileScan, FileScan]) -> None:
+    """Say how many training sentences each SentencePiece model will sample."""
+    scans = {scan.path: scan for scan in train}
+    for files in model_files(tok, train[0].path, train[1].path):
+        lines = sum(scans[p].lines for p in files)
+        n = sample_size(tok, files, lines)
+        if n < lines:
+            logger.info(
+                "spm_train: %s: a sample of %d of %d sentences (%.0f MB of text; "
+                "tokenizer.input_sentence_size=%d, tokenizer.input_sample_mb=%g)",
+                " + ".join(str(p) for p in files),
+                n,
+                lines,
+                sum(scans[p].size for p in files) / 1e6,
+                tok.input_sentence_size,
+                tok.input_sample_mb,
+            )
+
+
 def _train_tokenizer(
     out: Path, paths: dict[str, tuple[Path, Path]], data: DataConfig, tok: TokenizerConfig
 ) -> Tokenizer:
@@ -646,6 +684,8 @@ def _build(
 ) -> tuple[Tokenizer, dict]:
     """Train the tokenizer, encode and filter every split, write everything into `out`."""
     t0 = time.perf_counter()
+    if not tok.model:
+        _log_sample(tok, scans["train"])
     tokenizer = _train_tokenizer(out, paths, data, tok)
     times["spm_train"] = time.perf_counter() - t0
     logger.info("spm_train: %.1fs", times["spm_train"])
@@ -707,7 +747,8 @@ def prepare(data: DataConfig, tok: TokenizerConfig, chunk_lines: int = CHUNK_LIN
     records = read_digests(cache_root)
     known = [known_digest(records, paths[split]) for split in SPLITS]
     if all(d is not None for d in known):
-        final = cache_root / _cache_key(data, tok, [d for d in known if d is not None])
+        hashed = [d for d in known if d is not None]
+        final = cache_root / _cache_key(data, tok, hashed, paths["train"])
         if (final / SUMMARY).is_file():
             logger.info("validate: skipped (files unchanged since hashed: %s)", DIGESTS)
             remove_stale(cache_root)
@@ -715,7 +756,7 @@ def prepare(data: DataConfig, tok: TokenizerConfig, chunk_lines: int = CHUNK_LIN
     scans, digests, new_records = _scan_all(paths, chunk_lines)
     times = {"validate": time.perf_counter() - start}
     logger.info("validate: %.1fs", times["validate"])
-    key = _cache_key(data, tok, digests)
+    key = _cache_key(data, tok, digests, paths["train"])
     final = cache_root / key
     remove_stale(cache_root)
 

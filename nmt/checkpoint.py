@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from nmt.config import ModelConfig
+from nmt.config import ModelConfig, with_old_values
 from nmt.faults import fault_point
 from nmt.model import Seq2Seq, build_model
 from nmt.tokenizer import Tokenizer
@@ -169,8 +169,8 @@ def model_payload(model: Seq2Seq, model_cfg: ModelConfig, tokenizer: Tokenizer) 
 
 def model_config_from(ckpt: dict[str, Any]) -> ModelConfig:
     known = {f.name for f in fields(ModelConfig)}
-    values = {k: v for k, v in ckpt["model_config"].items() if k in known}
-    return ModelConfig(**values)
+    values = with_old_values("model", ckpt["model_config"])
+    return ModelConfig(**{k: v for k, v in values.items() if k in known})
 
 
 def model_from_checkpoint(
@@ -219,7 +219,8 @@ def average_checkpoints(paths: list[str | Path]) -> dict[str, Any]:
     total = {k: v.double() if v.is_floating_point() else v for k, v in first["model"].items()}
     for p in paths[1:]:
         ckpt = load_checkpoint(p)
-        if ckpt["model_config"] != first["model_config"] or ckpt["vocab"] != first["vocab"]:
+        same_shape = model_config_from(ckpt) == model_config_from(first)  # old ones backfilled
+        if not same_shape or ckpt["vocab"] != first["vocab"]:
             raise CheckpointError(f"{p}: model config or vocabulary differs from {paths[0]}")
         if ckpt["tokenizer"] != first["tokenizer"]:
             raise CheckpointError(f"{p}: tokenizer differs from {paths[0]}")

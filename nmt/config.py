@@ -8,6 +8,7 @@ below the entry point takes plain dataclasses. This module imports neither torch
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -84,7 +85,10 @@ class TokenizerConfig:
     vocab_size: int = 8000
     model_type: str = "unigram"  # unigram | bpe | char | word
     character_coverage: float = 1.0
-    input_sentence_size: int = 2_000_000  # sentences sampled for training the model
+    input_sentence_size: int = 2_000_000  # sentences sampled for training the model (0: all)
+    # and at most this many MB of text (0: no bound): SentencePiece's memory grows with the text
+    # it samples, ~20 bytes a byte, so 40 MB keeps prepare near 1.1 GB (docs/benchmarks.md)
+    input_sample_mb: float = 40.0
     pad_id: int = 0
     unk_id: int = 1
     bos_id: int = 2
@@ -113,6 +117,7 @@ class TokenizerConfig:
         if not 0 < self.character_coverage <= 1:
             _fail(f"{p}.character_coverage", self.character_coverage, "must be in (0, 1]")
         _non_negative(f"{p}.input_sentence_size", self.input_sentence_size)
+        _non_negative(f"{p}.input_sample_mb", self.input_sample_mb)
 
 
 @dataclass
@@ -131,6 +136,10 @@ class ModelConfig:
     tie_embeddings: bool = False  # source and target share embeddings (joint vocabulary only)
     init: str = "uniform"  # uniform | xavier
     init_scale: float = 0.1
+    # Every LSTM forget-gate bias at init (b_ih in the forget slice; b_hh's slice set to 0);
+    # null leaves it to the init scheme's draw, as OpenNMT-py does (docs/benchmarks.md, "The
+    # forget-gate bias").
+    forget_bias: float | None = None
     # LSTM implementation: auto (nmt's packed loop on the CPU, torch/cuDNN on CUDA) | torch | nmt
     rnn_impl: str = "auto"
 
@@ -144,6 +153,8 @@ class ModelConfig:
         _choice(f"{p}.rnn_impl", self.rnn_impl, ("auto", "nmt", "torch"))
         _fraction(f"{p}.dropout", self.dropout)
         _positive(f"{p}.init_scale", self.init_scale)
+        if self.forget_bias is not None and not math.isfinite(self.forget_bias):
+            _fail(f"{p}.forget_bias", self.forget_bias, "must be a finite number or null")
 
 
 @dataclass
@@ -259,6 +270,20 @@ class MetricsConfig:
     def check(self, p: str = "metrics") -> None:
         # the tokenizer name is checked by nmt.metrics, against sacrebleu's own list
         _non_negative(f"{p}.chrf_word_order", self.chrf_word_order)
+
+
+# Keys added after runs and checkpoints were first stored, with the value those had before the
+# key existed: a run resumed from an old checkpoint keeps its behaviour, and its record is true.
+OLD_VALUES: dict[str, dict[str, Any]] = {
+    "tokenizer": {"target_vocab": "all", "input_sample_mb": 0.0},
+    "model": {"forget_bias": 1.0},
+}
+
+
+def with_old_values(section: str, stored: dict[str, Any]) -> dict[str, Any]:
+    """``stored`` (one section of a stored config) with the keys it predates set to the value
+    it was made with."""
+    return {**OLD_VALUES.get(section, {}), **stored}
 
 
 @dataclass

@@ -10,8 +10,11 @@ module between source and target (joint vocabulary: the vocabulary sizes must be
 
 Initialisation (``init_parameters``): ``uniform`` draws every parameter from
 U(-init_scale, init_scale); ``xavier`` uses Xavier-uniform for every matrix (embeddings
-included) and zeros for biases. Both then set every LSTM forget-gate bias to 1 (b_ih = 1,
-b_hh = 0 in the forget slice) and the padding rows of the embeddings to zero.
+included) and zeros for biases. With ``forget_bias`` set, every LSTM forget-gate bias is then
+set to it (b_ih = forget_bias, b_hh = 0 in the forget slice); by default (None) it keeps the
+scheme's draw, as OpenNMT-py's does: a bias of 1, the usual advice for LSTMs, slowed learning a
+lot at both recipes measured (docs/benchmarks.md, "The forget-gate bias"). The padding rows of
+the embeddings are set to zero.
 """
 
 from __future__ import annotations
@@ -103,18 +106,20 @@ class Seq2Seq(nn.Module):
         return log_probs, state, weights
 
 
-def _init_lstm_forget_bias(lstm: nn.LSTM) -> None:
-    """Forget-gate bias 1: gates are ordered (input, forget, cell, output) in nn.LSTM."""
+def _init_lstm_forget_bias(lstm: nn.LSTM, value: float) -> None:
+    """Forget-gate bias ``value``: gates are ordered (input, forget, cell, output) in nn.LSTM."""
     hidden = lstm.hidden_size
     for name, param in lstm.named_parameters():
         if name.startswith("bias_ih"):
-            nn.init.ones_(param[hidden : 2 * hidden])
+            nn.init.constant_(param[hidden : 2 * hidden], value)
         elif name.startswith("bias_hh"):
             nn.init.zeros_(param[hidden : 2 * hidden])
 
 
 @torch.no_grad()
-def init_parameters(model: Seq2Seq, scheme: str, scale: float) -> None:
+def init_parameters(
+    model: Seq2Seq, scheme: str, scale: float, forget_bias: float | None = None
+) -> None:
     """Initialise in place (see the module docstring). Tied parameters are visited once."""
     if scheme not in INIT_SCHEMES:
         raise ValueError(f"unknown init {scheme!r}; expected one of {INIT_SCHEMES}")
@@ -125,8 +130,9 @@ def init_parameters(model: Seq2Seq, scheme: str, scale: float) -> None:
             nn.init.xavier_uniform_(param)
         else:
             nn.init.zeros_(param)
-    for lstm in (model.encoder.rnn, model.decoder.rnn):
-        _init_lstm_forget_bias(lstm)
+    if forget_bias is not None:
+        for lstm in (model.encoder.rnn, model.decoder.rnn):
+            _init_lstm_forget_bias(lstm, forget_bias)
     for emb in (model.encoder.embedding, model.decoder.embedding):
         if emb.padding_idx is not None:
             emb.weight[emb.padding_idx].zero_()
@@ -182,5 +188,5 @@ def build_model(cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int, pad_
         rnn_impl=cfg.rnn_impl,
     )
     model = Seq2Seq(encoder, bridge, decoder, tie_output=cfg.tie_output, pad_id=pad_id)
-    init_parameters(model, cfg.init, cfg.init_scale)
+    init_parameters(model, cfg.init, cfg.init_scale, cfg.forget_bias)
     return model

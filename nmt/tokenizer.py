@@ -23,7 +23,7 @@ import numpy as np
 import sentencepiece as spm
 
 from nmt.config import ConfigError, TokenizerConfig
-from nmt.textio import iter_lines
+from nmt.textio import iter_lines, scan_file
 from nmt.textio import split_lines as split_lines  # re-exported
 from nmt.vocab import TargetVocab
 
@@ -45,17 +45,71 @@ def _iter_files(files: list[Path]) -> Iterator[str]:
         yield from iter_lines(path)
 
 
+def sample_bounded(cfg: TokenizerConfig, files: list[Path]) -> bool:
+    """Whether ``input_sample_mb`` bounds the sample of a model trained on ``files``."""
+    budget = cfg.input_sample_mb * 1e6
+    return budget > 0 and sum(Path(p).stat().st_size for p in files) > budget
+
+
+def model_files(cfg: TokenizerConfig, src: Path, tgt: Path) -> list[list[Path]]:
+    """The training files of each SentencePiece model: both sides (joint), or one per side."""
+    return [[src, tgt]] if cfg.joint else [[src], [tgt]]
+
+
+def sample_size(cfg: TokenizerConfig, files: list[Path], lines: int) -> int:
+    """How many of the ``lines`` lines of ``files`` SentencePiece trains on: at most
+    ``input_sentence_size`` (0: no bound), and, when the text is larger than
+    ``input_sample_mb``, that budget's share of the lines (SentencePiece's trainer needs about
+    20 bytes of memory per byte of sampled text, so a sentence count alone does not bound it:
+    longer sentences cost more)."""
+    n = lines if cfg.input_sentence_size <= 0 else min(lines, cfg.input_sentence_size)
+    if sample_bounded(cfg, files):
+        total = sum(Path(p).stat().st_size for p in files)
+        n = min(n, max(1, int(lines * cfg.input_sample_mb * 1e6 / total)))
+    return n
+
+
+def count_lines(files: list[Path]) -> int:
+    return sum(scan_file(Path(p), 1 << 62).lines for p in files)
+
+
+def sampled_lines(files: list[Path], lines: int, n: int, seed: int) -> Iterator[str]:
+    """``n`` of the ``lines`` lines of ``files``, drawn uniformly without replacement by a
+    generator seeded with ``seed``, in file order. (SentencePiece's own sampling,
+    ``input_sentence_size``, gave another model in every process for the same seed; this one
+    is the same in any process.)"""
+    if n >= lines:
+        yield from _iter_files(files)
+        return
+    keep = np.random.default_rng(seed).choice(lines, n, replace=False, shuffle=False)
+    wanted = iter(np.sort(keep).tolist())
+    del keep
+    want = next(wanted, -1)
+    for i, line in enumerate(_iter_files(files)):
+        if i == want:
+            yield line
+            want = next(wanted, -1)
+            if want < 0:
+                return
+
+
 def _train_model(cfg: TokenizerConfig, files: list[Path], num_threads: int) -> bytes:
-    """Train one SentencePiece model on the lines of `files` and return its serialized proto."""
-    spm.set_random_generator_seed(cfg.seed)  # sentence sampling / shuffling
+    """Train one SentencePiece model on the lines of `files` (or a sample of them, see
+    ``sample_size``) and return its serialized proto."""
+    lines = count_lines(files)
+    n = sample_size(cfg, files, lines)
+    sentences = sampled_lines(files, lines, n, cfg.seed)
+    spm.set_random_generator_seed(cfg.seed)  # SentencePiece's shuffling
     writer = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=_iter_files(files),
+        sentence_iterator=sentences,
         model_writer=writer,
         vocab_size=cfg.vocab_size,
         model_type=cfg.model_type,
         character_coverage=cfg.character_coverage,
-        input_sentence_size=cfg.input_sentence_size,
+        # the sample is drawn above; SentencePiece then keeps all n (its shuffle, which a size
+        # of 0 would skip, makes the model it trained before sampling moved here)
+        input_sentence_size=n if n < lines else cfg.input_sentence_size,
         shuffle_input_sentence=True,
         pad_id=cfg.pad_id,
         unk_id=cfg.unk_id,

@@ -73,7 +73,7 @@ def resume_config(dcfg: DictConfig, overrides: list[str], out_dir: Path) -> Trai
     Config groups cannot be chosen for a resumed run, and keys that shape the model, the
     vocabulary or the data cannot change: both are refused with one line naming each key."""
     from nmt.checkpoint import load_checkpoint
-    from nmt.config import ConfigError
+    from nmt.config import ConfigError, with_old_values
     from nmt.resume import find_resume
 
     composed = to_config(dcfg, TrainConfig)
@@ -91,9 +91,9 @@ def resume_config(dcfg: DictConfig, overrides: list[str], out_dir: Path) -> Trai
             f"resume: config groups cannot be chosen for a resumed run ({', '.join(groups)}); "
             "it keeps its own config: override single keys"
         )
-    if isinstance(stored.get("tokenizer"), dict) and "target_vocab" not in stored["tokenizer"]:
-        # written before target vocabularies: the output layer covers every piece
-        stored = {**stored, "tokenizer": {**stored["tokenizer"], "target_vocab": "all"}}
+    stored = {  # keys added since the run was stored get the value the run had
+        k: with_old_values(k, v) if isinstance(v, dict) else v for k, v in stored.items()
+    }
     known = OmegaConf.structured(TrainConfig)
     base = OmegaConf.merge(known, _known_keys(stored, OmegaConf.to_container(known)))
     changes = OmegaConf.from_dotlist(given)

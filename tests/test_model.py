@@ -177,17 +177,23 @@ def forget_bias_sums(lstm: nn.LSTM) -> list[Tensor]:
 
 
 @pytest.mark.parametrize("init", ["uniform", "xavier"])
-def test_initialisation(init: str) -> None:
-    model = tiny(init=init, init_scale=0.05)
+@pytest.mark.parametrize("forget_bias", [None, 1.0, -0.5])
+def test_initialisation(init: str, forget_bias: float | None) -> None:
+    model = tiny(init=init, init_scale=0.05, forget_bias=forget_bias)
     for lstm in (model.encoder.rnn, model.decoder.rnn):
         sums = forget_bias_sums(lstm)
         assert len(sums) == lstm.num_layers * (2 if lstm.bidirectional else 1)
         for s in sums:
-            assert torch.equal(s, torch.ones_like(s))
+            if forget_bias is not None:
+                assert torch.equal(s, torch.full_like(s, forget_bias))
+            elif init == "uniform":  # b_ih + b_hh, each drawn from U(-0.05, 0.05)
+                assert s.abs().max() <= 0.1 and s.abs().max() > 0
+            else:
+                assert torch.equal(s, torch.zeros_like(s))
     for emb in (model.encoder.embedding, model.decoder.embedding):
         assert torch.equal(emb.weight[PAD], torch.zeros_like(emb.weight[PAD]))
     for name, p in model.named_parameters():
-        if "bias" in name and "rnn" in name:
+        if "bias" in name and "rnn" in name and forget_bias is not None:
             continue  # forget-gate slices checked above
         if init == "uniform":
             assert p.abs().max() <= 0.05, name
@@ -197,6 +203,18 @@ def test_initialisation(init: str) -> None:
             assert p.abs().max() > 0
         else:
             assert torch.equal(p, torch.zeros_like(p)), name
+
+
+def test_forget_bias_leaves_other_draws_alone() -> None:
+    """The bias is set after the draw, so the rest of the model is the same with or without it."""
+    with_bias, without = tiny(forget_bias=1.0), tiny(forget_bias=None)
+    pairs = zip(with_bias.named_parameters(), without.named_parameters(), strict=True)
+    for (name, a), (_, b) in pairs:
+        if "rnn" in name and "bias" in name:
+            kept = torch.ones(a.shape[0], dtype=torch.bool)
+            kept[a.shape[0] // 4 : a.shape[0] // 2] = False  # gates: input, forget, cell, output
+            a, b = a[kept], b[kept]
+        assert torch.equal(a, b), name
 
 
 def test_bf16_autocast_runs_and_step_is_float32() -> None:
@@ -214,13 +232,15 @@ def test_bf16_autocast_runs_and_step_is_float32() -> None:
 
 
 def test_memorises_a_tiny_batch() -> None:
-    """End to end: a few Adam steps on one batch drive the loss well down."""
+    """End to end: a few Adam steps on one batch drive the loss well down (60 steps: with the
+    forget-gate bias at its draw, the default, this toy model learns more slowly than with a
+    bias of 1: loss 0.87 against 0.62, from 2.85, after 40 steps)."""
     model = tiny(dropout=0.0, emb_size=16, enc_hidden=8, dec_hidden=16).train()
     src, lengths, tgt_in, tgt_out = make_batch()
     optim = torch.optim.Adam(model.parameters(), lr=3e-2)
     real = tgt_out != PAD
     losses = []
-    for _ in range(40):
+    for _ in range(60):
         loss, n = label_smoothed_nll(
             model.logits(model(src, lengths, tgt_in)[real]), tgt_out[real], 0.0
         )

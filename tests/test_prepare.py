@@ -20,7 +20,7 @@ from nmt import cache as cache_mod
 from nmt.config import DataConfig, TokenizerConfig
 from nmt.data import DataError, prepare, read_parallel, remove_stale
 from nmt.dataset import Prepared
-from nmt.tokenizer import Tokenizer, split_lines
+from nmt.tokenizer import Tokenizer, sample_size, split_lines
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "data" / "demo.es-en"
@@ -388,6 +388,33 @@ def test_chunked_parallel_cache_is_byte_identical_to_reference(tmp_path, caplog)
     assert set(two.summary["time_s"]) == {"validate", "spm_train", "encode", "total"}
     logged = caplog.text
     assert "validate:" in logged and "spm_train:" in logged and "encode:" in logged
+
+
+@pytest.mark.parametrize("child", [False, True])
+def test_sentencepiece_sample_bounded_in_bytes(tmp_path, caplog, monkeypatch, child):
+    """A train text over ``input_sample_mb``: SentencePiece trains on that budget's share of
+    the lines (said in the log), the model a sentence count of that share gives; a bound that
+    does not bind leaves the cache key alone. ``child``: SentencePiece in a child process, as
+    for big corpora."""
+    if child:
+        monkeypatch.setattr(cache_mod, "SMALL_BYTES", 0)
+    corpus = make_corpus(tmp_path / "corpus")
+    train = [corpus / "train.es", corpus / "train.en"]
+    mb = sum(p.stat().st_size for p in train) / 1e6
+    tok = TokenizerConfig(vocab_size=300, input_sample_mb=mb / 3)
+    lines = 2 * SIZES["train"]
+    n = sample_size(tok, train, lines)
+    assert abs(n - lines / 3) <= 1
+    cfg = config(corpus, tmp_path / "cache")
+    with caplog.at_level(logging.INFO, logger="nmt.cache"):
+        prep = prepare(cfg, tok)
+    assert f"a sample of {n} of {lines} sentences" in caplog.text
+    by_count = TokenizerConfig(vocab_size=300, input_sample_mb=0, input_sentence_size=n)
+    ref = Tokenizer.train(by_count, [train[0]], [train[1]], tmp_path / "ref")
+    assert prep.tokenizer.fingerprint() == ref.fingerprint()
+    unbounded = [prepare(cfg, TokenizerConfig(vocab_size=300, input_sample_mb=m)) for m in (0, mb)]
+    assert unbounded[0].path == unbounded[1].path != prep.path
+    assert unbounded[1].reused
 
 
 # ---------------------------------------------------------------------------------------------

@@ -268,6 +268,7 @@ def test_epoch_smaller_than_the_world_is_an_error_at_start(
         ("model.attention=luong", "model.attention=luong"),
         ("model.rnn_impl=cudnn", "model.rnn_impl=cudnn"),
         ("model.dropout=1.0", "model.dropout=1.0"),
+        ("model.forget_bias=nan", "model.forget_bias=nan"),
         ("optim.schedule=cosine", "optim.schedule=cosine"),
         ("optim.lr=0", "optim.lr=0"),
         ("tokenizer.model_type=wordpiece", "tokenizer.model_type=wordpiece"),
@@ -440,3 +441,8 @@ def test_explicit_resume_prefers_the_newer_last_pt_of_the_run_directory(
         train(longer, b)  # as torchrun --max-restarts would start it again
     assert any(f"resumed from {b / 'last.pt'} at update 4" in r.message for r in caplog.records)
     assert load_checkpoint(b / "last.pt")["trainer"]["state"]["update"] == 5
+
+
+def test_forget_bias_takes_a_number_or_null() -> None:
+    assert compose_train(["model.forget_bias=1"]).model.forget_bias == 1.0
+    assert compose_train(["model.forget_bias=null"]).model.forget_bias is None

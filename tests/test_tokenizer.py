@@ -3,15 +3,19 @@ joint vs separate models, checked against SentencePiece itself."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import sentencepiece as spm
 
 from nmt.config import TokenizerConfig
-from nmt.tokenizer import Tokenizer, split_lines
+from nmt.tokenizer import Tokenizer, sample_size, sampled_lines, split_lines
 
-DEMO = Path(__file__).resolve().parents[1] / "data" / "demo.es-en"
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "data" / "demo.es-en"
 N_LINES = 500
 VOCAB = 300
 
@@ -124,3 +128,61 @@ def test_separate_models(corpus, tmp_path):
     loaded = Tokenizer.load(tmp_path)
     assert loaded.fingerprint() == tok.fingerprint()
     assert Tokenizer.from_bytes(tok.to_bytes()).encode_src(es) == tok.encode_src(es)
+
+
+def test_sample_size_bounds_sentences_and_bytes(corpus):
+    files, lines = list(corpus), 2 * N_LINES
+    mb = sum(p.stat().st_size for p in files) / 1e6
+
+    def size(**settings: float) -> int:
+        return sample_size(TokenizerConfig(**settings), files, lines)  # type: ignore[arg-type]
+
+    assert size() == lines  # under both bounds: every line
+    assert size(input_sentence_size=123) == 123
+    assert size(input_sample_mb=0, input_sentence_size=7) == 7
+    quarter = size(input_sample_mb=mb / 4)
+    assert abs(quarter - lines / 4) <= 1  # a quarter of the bytes: a quarter of the lines
+    assert size(input_sample_mb=mb / 4, input_sentence_size=50) == 50  # the smaller wins
+    assert size(input_sample_mb=mb / 4, input_sentence_size=0) == quarter
+
+
+def test_sampled_lines_are_a_seeded_uniform_sample_in_file_order(corpus):
+    files, lines = list(corpus), 2 * N_LINES
+    every = [line for path in files for line in split_lines(path.read_text("utf-8"))]
+    assert list(sampled_lines(files, lines, lines, seed=1)) == every
+    picked = list(sampled_lines(files, lines, 300, seed=1))
+    assert len(picked) == 300 and picked == list(sampled_lines(files, lines, 300, seed=1))
+    assert picked != list(sampled_lines(files, lines, 300, seed=2))
+    order, i = [], 0  # picked is a subsequence of every: file order
+    for line in picked:
+        i = every.index(line, i) + 1
+        order.append(i - 1)
+    assert min(order) < lines / 4 and max(order) > 3 * lines / 4  # from both files
+
+
+def test_byte_budget_is_the_sample_sentencepiece_trains_on(corpus, tmp_path):
+    """A budget of a quarter of the text trains the model a quarter of the lines trains; the
+    sample, and so the model, is the same in another process."""
+    mb = sum(p.stat().st_size for p in corpus) / 1e6
+    cfg = TokenizerConfig(vocab_size=VOCAB, input_sample_mb=mb / 4)
+    by_bytes = Tokenizer.train(cfg, [corpus[0]], [corpus[1]], tmp_path / "a")
+    quarter = sample_size(cfg, list(corpus), 2 * N_LINES)
+    cfg = TokenizerConfig(vocab_size=VOCAB, input_sample_mb=0, input_sentence_size=quarter)
+    by_count = Tokenizer.train(cfg, [corpus[0]], [corpus[1]], tmp_path / "b")
+    whole = Tokenizer.train(TokenizerConfig(vocab_size=VOCAB), [corpus[0]], [corpus[1]], tmp_path)
+    assert by_bytes.fingerprint() == by_count.fingerprint() != whole.fingerprint()
+    script = (
+        "import sys; from pathlib import Path; from nmt.config import TokenizerConfig; "
+        "from nmt.tokenizer import Tokenizer; "
+        f"cfg = TokenizerConfig(vocab_size={VOCAB}, input_sample_mb={mb / 4!r}); "
+        "print(Tokenizer.train(cfg, [Path(sys.argv[1])], [Path(sys.argv[2])], "
+        "Path(sys.argv[3])).fingerprint())"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", script, str(corpus[0]), str(corpus[1]), str(tmp_path / "c")],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert res.stdout.strip() == by_bytes.fingerprint()

@@ -13,7 +13,7 @@ import sentencepiece as spm
 import torch
 from hydra import compose, initialize_config_dir
 
-from nmt.checkpoint import load_checkpoint, load_model
+from nmt.checkpoint import average_checkpoints, load_checkpoint, load_model, model_config_from
 from nmt.compose import CONFIGS, compose_train
 from nmt.config import (
     ConfigError,
@@ -319,17 +319,24 @@ def test_target_vocab_all_reproduces_the_old_sizes(corpus: Path, tmp_path: Path)
     model, tok, _ = load_model(tmp_path / "run/last.pt")
     assert tok.tgt_vocab is None and model.tgt_vocab_size == VOCAB
 
-    # a run written before the option (no tokenizer.target_vocab in its stored config) resumes
-    # with the whole vocabulary, not with today's default
+    # a run written before the options (no tokenizer.target_vocab, tokenizer.input_sample_mb or
+    # model.forget_bias in its stored config) resumes with the values it was made with, not
+    # with today's defaults
     stored = ckpt["train_config"]
-    del stored["tokenizer"]["target_vocab"]
+    del stored["tokenizer"]["target_vocab"], stored["tokenizer"]["input_sample_mb"]
+    del stored["model"]["forget_bias"], ckpt["model_config"]["forget_bias"]
     torch.save(ckpt, tmp_path / "run/last.pt")
+    torch.save(ckpt, tmp_path / "old.pt")
+    assert model_config_from(ckpt).forget_bias == 1.0
     given = ["trainer.max_updates=5"]
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         dcfg = compose("train", overrides=overrides(corpus, tmp_path / "cache", *given))
     resumed = resume_config(dcfg, given, tmp_path / "run")
     assert resumed.tokenizer.target_vocab == "all"
+    assert resumed.tokenizer.input_sample_mb == 0.0 and resumed.model.forget_bias == 1.0
     assert train(resumed, tmp_path / "run")["updates"] == 5
+    # its checkpoints from before and after the resume average as one architecture
+    average_checkpoints([tmp_path / "old.pt", tmp_path / "run/last.pt"])
 
 
 def test_resume_keeps_the_runs_target_vocabulary(trained: Path, corpus: Path) -> None:
