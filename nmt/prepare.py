@@ -16,9 +16,10 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
+from nmt.cache import prepare  # not nmt.data: prepare needs no torch (~200 MB)
 from nmt.cli import to_config, user_errors
 from nmt.config import ConfigError, PrepareConfig
-from nmt.data import DataError, prepare
+from nmt.textio import DataError
 
 ConfigStore.instance().store(name="prepare_schema", node=PrepareConfig)
 

@@ -530,3 +530,10 @@ def test_interrupted_prepare_leaves_no_partial_cache(tmp_path, sig):
     prep = prepare(cfg, TokenizerConfig(vocab_size=300, input_sentence_size=2000))
     assert [p.name for p in cache.iterdir() if p.name != cache_mod.DIGESTS] == [prep.path.name]
     assert prep.summary["splits"]["train"]["read"] == 5000
+
+
+def test_prepare_entry_point_does_not_import_torch():
+    """torch costs ~200 MB in prepare's parent process, which holds it for the whole build."""
+    code = "import sys, nmt.prepare; sys.exit('torch' in sys.modules)"
+    res = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert res.returncode == 0
