@@ -533,8 +533,10 @@ def _scan_all(
     return scans, digests, records
 
 
-def _spm_child(tok: TokenizerConfig, src: Path, tgt: Path, out: Path, threads: int) -> dict:
-    return Tokenizer.train(tok, [src], [tgt], out, num_threads=threads).to_bytes()
+def _spm_child(
+    tok: TokenizerConfig, src: Path, tgt: Path, out: Path, threads: int, lines: tuple[int, int]
+) -> dict:
+    return Tokenizer.train(tok, [src], [tgt], out, threads, lines).to_bytes()
 
 
 def _log_sample(tok: TokenizerConfig, train: tuple[FileScan, FileScan]) -> None:
@@ -557,21 +559,23 @@ def _log_sample(tok: TokenizerConfig, train: tuple[FileScan, FileScan]) -> None:
 
 
 def _train_tokenizer(
-    out: Path, paths: dict[str, tuple[Path, Path]], data: DataConfig, tok: TokenizerConfig
+    out: Path, train: tuple[FileScan, FileScan], data: DataConfig, tok: TokenizerConfig
 ) -> Tokenizer:
     """SentencePiece on the train split, in a child process: Ctrl-C need not wait for the
     trainer's C++ loop, and its memory (the sentence sample) is returned when it exits.
     Small corpora (a few seconds of training) train in this process."""
-    train_src, train_tgt = paths["train"]
+    train_src, train_tgt = train[0].path, train[1].path
     if tok.model:  # tokenizer.model: reuse, never retrain
         tokenizer = read_tokenizer(tok.model)
         tokenizer.save(out)
         return tokenizer
+    _log_sample(tok, train)
+    lines = (train[0].lines, train[1].lines)  # counted by validation: not read again
     try:
-        if train_src.stat().st_size + train_tgt.stat().st_size < SMALL_BYTES:
-            return Tokenizer.train(tok, [train_src], [train_tgt], out, data.num_threads)
+        if train[0].size + train[1].size < SMALL_BYTES:
+            return Tokenizer.train(tok, [train_src], [train_tgt], out, data.num_threads, lines)
         with _context().Pool(1, _init_child) as pool:
-            args = (tok, train_src, train_tgt, out, data.num_threads)
+            args = (tok, train_src, train_tgt, out, data.num_threads, lines)
             result = pool.apply_async(_spm_child, args)
             while True:  # a wait without a timeout would not see Ctrl-C
                 try:
@@ -684,9 +688,7 @@ def _build(
 ) -> tuple[Tokenizer, dict]:
     """Train the tokenizer, encode and filter every split, write everything into `out`."""
     t0 = time.perf_counter()
-    if not tok.model:
-        _log_sample(tok, scans["train"])
-    tokenizer = _train_tokenizer(out, paths, data, tok)
+    tokenizer = _train_tokenizer(out, scans["train"], data, tok)
     times["spm_train"] = time.perf_counter() - t0
     logger.info("spm_train: %.1fs", times["spm_train"])
 

@@ -45,10 +45,13 @@ def _iter_files(files: list[Path]) -> Iterator[str]:
         yield from iter_lines(path)
 
 
+def _text_bytes(files: list[Path]) -> int:
+    return sum(Path(p).stat().st_size for p in files)
+
+
 def sample_bounded(cfg: TokenizerConfig, files: list[Path]) -> bool:
     """Whether ``input_sample_mb`` bounds the sample of a model trained on ``files``."""
-    budget = cfg.input_sample_mb * 1e6
-    return budget > 0 and sum(Path(p).stat().st_size for p in files) > budget
+    return 0 < cfg.input_sample_mb * 1e6 < _text_bytes(files)
 
 
 def model_files(cfg: TokenizerConfig, src: Path, tgt: Path) -> list[list[Path]]:
@@ -63,14 +66,10 @@ def sample_size(cfg: TokenizerConfig, files: list[Path], lines: int) -> int:
     20 bytes of memory per byte of sampled text, so a sentence count alone does not bound it:
     longer sentences cost more)."""
     n = lines if cfg.input_sentence_size <= 0 else min(lines, cfg.input_sentence_size)
-    if sample_bounded(cfg, files):
-        total = sum(Path(p).stat().st_size for p in files)
-        n = min(n, max(1, int(lines * cfg.input_sample_mb * 1e6 / total)))
+    budget, total = cfg.input_sample_mb * 1e6, _text_bytes(files)
+    if 0 < budget < total:
+        n = min(n, max(1, int(lines * budget / total)))
     return n
-
-
-def count_lines(files: list[Path]) -> int:
-    return sum(scan_file(Path(p), 1 << 62).lines for p in files)
 
 
 def sampled_lines(files: list[Path], lines: int, n: int, seed: int) -> Iterator[str]:
@@ -93,10 +92,14 @@ def sampled_lines(files: list[Path], lines: int, n: int, seed: int) -> Iterator[
                 return
 
 
-def _train_model(cfg: TokenizerConfig, files: list[Path], num_threads: int) -> bytes:
+def _train_model(
+    cfg: TokenizerConfig, files: list[Path], num_threads: int, lines: int | None = None
+) -> bytes:
     """Train one SentencePiece model on the lines of `files` (or a sample of them, see
-    ``sample_size``) and return its serialized proto."""
-    lines = count_lines(files)
+    ``sample_size``) and return its serialized proto. ``lines``: their line count when the
+    caller has it (prepare's validation does), else they are read once to count it."""
+    if lines is None:
+        lines = sum(scan_file(Path(p), 1 << 62).lines for p in files)
     n = sample_size(cfg, files, lines)
     sentences = sampled_lines(files, lines, n, cfg.seed)
     spm.set_random_generator_seed(cfg.seed)  # SentencePiece's shuffling
@@ -203,19 +206,23 @@ class Tokenizer:
         tgt_files: list[Path],
         out_dir: Path,
         num_threads: int = 0,
+        lines: tuple[int, int] | None = None,
     ) -> Tokenizer:
         """Train on the given text files and write the model(s) into `out_dir`.
 
         Joint: one model on both sides' lines -> out_dir/spm.model. Separate: out_dir/src.model
-        on `src_files` and out_dir/tgt.model on `tgt_files`.
+        on `src_files` and out_dir/tgt.model on `tgt_files`. ``lines``: the line counts of
+        `src_files` and of `tgt_files` when known (saves reading them to count).
         """
         out_dir.mkdir(parents=True, exist_ok=True)
+        src_lines, tgt_lines = lines if lines is not None else (None, None)
         if cfg.joint:
-            proto = _train_model(cfg, list(src_files) + list(tgt_files), num_threads)
+            both = None if lines is None else sum(lines)
+            proto = _train_model(cfg, list(src_files) + list(tgt_files), num_threads, both)
             (out_dir / JOINT_MODEL).write_bytes(proto)
             return cls(proto, proto, joint=True)
-        src_proto = _train_model(cfg, list(src_files), num_threads)
-        tgt_proto = _train_model(cfg, list(tgt_files), num_threads)
+        src_proto = _train_model(cfg, list(src_files), num_threads, src_lines)
+        tgt_proto = _train_model(cfg, list(tgt_files), num_threads, tgt_lines)
         (out_dir / SRC_MODEL).write_bytes(src_proto)
         (out_dir / TGT_MODEL).write_bytes(tgt_proto)
         return cls(src_proto, tgt_proto, joint=False)
