@@ -21,9 +21,11 @@ Rules shared by greedy and beam search:
   ``lp = ((5 + n) / 6) ** alpha``, n = number of scored tokens; ``alpha = 0`` gives the raw
   log-probability.
 
-Beam layout: batch-major; row ``a * K + k`` of the tiled decoder state is beam ``k`` of active
+Beam layout: batch-major; row ``a * K + k`` of the decoder state is beam ``k`` of active
 sentence ``a``; the memory keeps one row per active sentence, shared by its K beams (see
-``Attention.forward``). A step expands every alive beam by the whole vocabulary, takes the top
+``Attention.forward``). The K beams of a sentence start identical, so the first step runs one
+row per sentence (the state as the encoder left it) and its top 2K extensions become the
+K-row layout: at K = 5 the first, largest, step costs a fifth. A step expands every alive beam by the whole vocabulary, takes the top
 2K of the K*V candidates per sentence (``_top_extensions``), sets aside eos candidates that
 rank among the top K as finished, and keeps the best K non-eos candidates alive (as in
 fairseq). A sentence is done when it has K
@@ -288,17 +290,10 @@ class _Finished:
         self.logprob[:, beam_size] = -math.inf
 
 
-def _tile(state: Any, batch: int, beam_size: int, device: torch.device) -> Any:
-    """Repeat each sentence's decoder state K times: B rows -> B*K rows, batch-major
-    (row b*K + k is beam k of sentence b). The memory is not repeated: attention lets the K
-    beams of a sentence share its memory row."""
-    index = torch.arange(batch, device=device).repeat_interleave(beam_size)  # (B*K,)
-    return state.index_select(index)
-
-
-def _top_candidates(cand: Tensor, beam_size: int, vocab: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Top 2K of (A, K*V) -> (scores (A, 2K), source beam (A, 2K), token (A, 2K)), best first."""
-    k = min(2 * beam_size, cand.size(1))
+def _top_candidates(cand: Tensor, width: int, vocab: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Top W of (A, K*V) -> (scores (A, W), source beam (A, W), token (A, W)), best first;
+    W = min(width, K*V)."""
+    k = min(width, cand.size(1))
     scores, flat = cand.topk(k, dim=1, largest=True, sorted=True)  # (A, 2K)
     return scores, torch.div(flat, vocab, rounding_mode="floor"), flat % vocab
 
@@ -307,11 +302,13 @@ CHUNK = 64  # vocabulary entries per chunk in ``_top_extensions``
 
 
 def _top_extensions(
-    log_probs: Tensor, alive_score: Tensor, chunk: int | None = None
+    log_probs: Tensor, alive_score: Tensor, width: int | None = None, chunk: int | None = None
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """The top 2K one-token extensions: log_probs (A*K, V) (eos already blocked), alive_score
-    (A, K) -> (scores (A, 2K), source beam (A, 2K), token (A, 2K)), best first. The same as
-    ``_top_candidates`` on the (A, K*V) table of ``alive_score + log_probs``, without building it.
+    """The top ``width`` (default 2K) one-token extensions: log_probs (A*K, V) (eos already
+    blocked), alive_score (A, K) -> (scores (A, W), source beam (A, W), token (A, W)), best
+    first, W = min(width, K*V). The same as ``_top_candidates`` on the (A, K*V) table of
+    ``alive_score + log_probs``, without building it. (The first step of beam search has one
+    row per sentence, K = 1, and asks for the top 2K of its V extensions.)
 
     ``topk`` over K*V = 40,000 candidates per sentence is slow on the CPU (about 1.5 ns per
     element, unvectorised). Exact shortcut: cut each beam's vocabulary into chunks of ``chunk``
@@ -323,14 +320,14 @@ def _top_extensions(
     """
     active, beam_size = alive_score.shape
     vocab = log_probs.size(1)
-    width = 2 * beam_size
+    width = width or 2 * beam_size
     chunk = chunk or CHUNK
     full = vocab // chunk  # chunks per beam
     if full * beam_size < 2 * width:  # too few chunks to gain anything
         cand = (alive_score.unsqueeze(2) + log_probs.view(active, beam_size, vocab)).view(
             active, -1
         )  # (A, K*V)
-        return _top_candidates(cand, beam_size, vocab)
+        return _top_candidates(cand, width, vocab)
     device = log_probs.device
     main = log_probs[:, : full * chunk].view(active * beam_size, full, chunk)  # (A*K, M, C)
     chunk_max = main.amax(dim=2) + alive_score.view(-1, 1)  # (A*K, M)
@@ -360,6 +357,21 @@ def _top_extensions(
     )
 
 
+def _pad_candidates(
+    score: Tensor, beam: Tensor, token: Tensor, beam_size: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Candidates (A, W) with W < 2K (a first step with fewer than 2K tokens) -> (A, 2K), the
+    added ones at -inf (from beam 0, token 0): never finished, and alive only where fewer
+    than K real candidates are, as the not-yet-alive beams were when every step had K rows."""
+    missing = 2 * beam_size - score.size(1)
+    active = score.size(0)
+    return (
+        torch.cat([score, score.new_full((active, missing), -math.inf)], dim=1),
+        torch.cat([beam, beam.new_zeros(active, missing)], dim=1),
+        torch.cat([token, token.new_zeros(active, missing)], dim=1),
+    )
+
+
 def _first_alive(is_eos: Tensor, beam_size: int) -> Tensor:
     """Positions (A, K) of the first K non-eos candidates among (A, 2K), in rank order."""
     width = is_eos.size(1)
@@ -368,10 +380,11 @@ def _first_alive(is_eos: Tensor, beam_size: int) -> Tensor:
     return key.topk(beam_size, dim=1, largest=False, sorted=True).indices  # (A, K)
 
 
-def _reorder(state: Any, beams: Tensor) -> Any:
-    """Gather the decoder state of the chosen source beams: beams (A, K) -> rows (A*K,)."""
-    active, beam_size = beams.shape
-    base = torch.arange(active, device=beams.device).unsqueeze(1) * beam_size  # (A, 1)
+def _reorder(state: Any, beams: Tensor, rows: int) -> Any:
+    """Gather the decoder state of the chosen source beams: beams (A, K) indices into each
+    sentence's ``rows`` state rows (K, or 1 at the first step) -> a state of A*K rows."""
+    active = beams.size(0)
+    base = torch.arange(active, device=beams.device).unsqueeze(1) * rows  # (A, 1)
     return state.index_select((base + beams).view(-1))  # (A, K) -> (A*K,)
 
 
@@ -383,11 +396,13 @@ def _prune_rows(keep: Tensor, beam_size: int) -> Tensor:
 
 def _finalize(fin: _Finished, nbest: int) -> list[list[Hypothesis]]:
     """Sort each sentence's finished hypotheses by score and keep the n best."""
-    order = fin.score.argsort(dim=1, descending=True, stable=True)  # (B, K); empty slots last
+    order = fin.score.argsort(dim=1, descending=True, stable=True)  # (B, K+1); empty slots last
+    order = order[:, :nbest]  # (B, n): only these leave the device
     score = fin.score.gather(1, order).tolist()
     logprob = fin.logprob.gather(1, order).tolist()
     length = fin.length.gather(1, order).tolist()
-    tokens = fin.tokens.gather(1, order.unsqueeze(2).expand_as(fin.tokens)).tolist()
+    index = order.unsqueeze(2).expand(-1, -1, fin.tokens.size(2))  # (B, n, Lmax)
+    tokens = fin.tokens.gather(1, index).tolist()
     count = fin.count.tolist()
     results: list[list[Hypothesis]] = []
     for b, filled in enumerate(count):
@@ -438,18 +453,21 @@ def beam_search(
     empty = limits <= 0  # no output allowed: one empty hypothesis
     fin.add(beams.sent, empty.unsqueeze(1), beams.score[:, :1], beams.tokens[:, :1], 0, 0.0)
     done = empty
+    first_limit = int(cpu_limits.min())  # the smallest maximum length of an active sentence
     t = 0
     while True:
         if bool(done.any()):
             beams.keep((~done).nonzero().squeeze(1))
+            if beams.sent.numel() > 0:
+                first_limit = int(cpu_limits[beams.sent.cpu()].min())
         if beams.sent.numel() == 0:
             break
         _extend(model, beams, fin, t, eos_id, min_len, alpha)
         # alive hypotheses at the maximum length are finished as they are
         at_limit = t + 1 >= limits[beams.sent]  # (A,)
-        fin.add(
-            beams.sent, at_limit.unsqueeze(1).expand(-1, k), beams.score, beams.tokens, t + 1, alpha
-        )
+        if t + 1 >= first_limit:  # some sentence may be at its limit (skips ~12 ops a step)
+            at = at_limit.unsqueeze(1).expand(-1, k)
+            fin.add(beams.sent, at, beams.score, beams.tokens, t + 1, alpha)
         done = at_limit | (fin.count[beams.sent] >= k)
         if early_stop:
             done = done | _cannot_improve(beams, fin, limits[beams.sent], t, nbest, alpha)
@@ -464,31 +482,37 @@ class _Beams:
     sent: Tensor  # (A,) batch index of each active sentence
     score: Tensor  # (A, K) raw log-probs
     tokens: Tensor  # (A, K, t) output tokens so far
-    prev: Tensor  # (A*K,) each beam's last token
-    memory: Any  # A rows (shared by a sentence's K beams)
-    state: Any  # A*K rows
+    prev: Tensor  # (A*R,) each row's last token
+    memory: Any  # A rows (shared by a sentence's beams)
+    state: Any  # A*R rows: R = 1 before the first step (the K beams start identical), then K
 
     @classmethod
     def start(
         cls, model: Searchable, src: Tensor, src_lengths: Tensor, beam_size: int, bos_id: int
     ) -> _Beams:
-        """Every sentence encoded, its K beams identical: only the first is expanded."""
+        """Every sentence encoded. Its K beams start identical, so the first step runs one
+        row per sentence (a fifth of the rows at K = 5) and ``_extend`` makes K of it."""
         batch, device = src.size(0), src.device
         memory, state = model.encode(src, src_lengths)
         score = torch.full((batch, beam_size), -math.inf, device=device)  # (B, K)
-        score[:, 0] = 0.0  # all beams start identical: expand only the first
+        score[:, 0] = 0.0  # the one row stands for beam 0; the others are not alive yet
         return cls(
             sent=torch.arange(batch, device=device),
             score=score,
             tokens=torch.zeros(batch, beam_size, 0, dtype=torch.long, device=device),
-            prev=torch.full((batch * beam_size,), bos_id, dtype=torch.long, device=device),
+            prev=torch.full((batch,), bos_id, dtype=torch.long, device=device),
             memory=memory,
-            state=_tile(state, batch, beam_size, device),  # B -> B*K rows; memory keeps B
+            state=state,  # B rows, as the memory
         )
+
+    @property
+    def rows(self) -> int:
+        """State rows per sentence: 1 before the first step, K after."""
+        return self.prev.numel() // max(self.sent.numel(), 1)
 
     def keep(self, keep: Tensor) -> None:
         """Only the sentences at positions ``keep`` (A',) stay, with their beams."""
-        rows = _prune_rows(keep, self.score.size(1))  # (A'*K,)
+        rows = _prune_rows(keep, self.rows)  # (A'*R,)
         self.sent, self.score, self.tokens = self.sent[keep], self.score[keep], self.tokens[keep]
         self.prev = self.prev[rows]
         self.memory, self.state = self.memory.index_select(keep), self.state.index_select(rows)
@@ -500,10 +524,14 @@ def _extend(
 ) -> None:  # fmt: skip
     """One step: expand every alive beam, set aside eos among the top K candidates as
     finished, keep the best K non-eos candidates alive."""
-    k = beams.score.size(1)
-    log_probs, state, _ = model.step(beams.prev, beams.state, beams.memory)  # (A*K, V)
+    k, rows = beams.score.size(1), beams.rows  # rows: 1 at the first step, then K
+    log_probs, state, _ = model.step(beams.prev, beams.state, beams.memory)  # (A*R, V)
     log_probs = _block_eos(log_probs, eos_id, t, min_len).float()
-    cand_score, cand_beam, cand_token = _top_extensions(log_probs, beams.score)  # (A, 2K)
+    cand_score, cand_beam, cand_token = _top_extensions(
+        log_probs, beams.score[:, :rows], 2 * k
+    )  # (A, 2K)
+    if cand_score.size(1) < 2 * k:  # first step, V < 2K: pad with candidates that are not alive
+        cand_score, cand_beam, cand_token = _pad_candidates(cand_score, cand_beam, cand_token, k)
     is_eos = cand_token == eos_id  # (A, 2K)
 
     # eos among the top K candidates: finished; tokens = the source beam's history
@@ -519,7 +547,7 @@ def _extend(
         [beams.tokens.gather(1, chosen.unsqueeze(2).expand(-1, -1, t)), tokens.unsqueeze(2)],
         dim=2,
     )  # (A, K, t) + (A, K, 1) -> (A, K, t+1)
-    beams.state = _reorder(state, chosen)
+    beams.state = _reorder(state, chosen, rows)
     beams.prev = tokens.view(-1)  # (A, K) -> (A*K,)
 
 

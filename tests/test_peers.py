@@ -105,3 +105,29 @@ def test_int8_rows_are_set_against_onmt_float_decoding(peers: ModuleType) -> Non
     assert int8["rounds"]["onmt"] == [5.0, 7.0]
     assert int8["ratio_nmt_over_onmt"] == 16.0 / 6.0
     assert s["decode.greedy_int8.sentences_per_s"]["ratio_nmt_over_onmt"] is None
+
+
+def test_redecode_plan_finds_each_runs_checkpoint(peers: ModuleType, tmp_path: Path) -> None:
+    """``--decode-from``: each round's checkpoints, next to their training logs, in the
+    round's alternating order, with the training results kept."""
+    rounds = []
+    for r in range(2):
+        done = {}
+        for tk in ("nmt", "onmt"):
+            run = tmp_path / f"round{r + 1}-{tk}"
+            run.mkdir()
+            if tk == "nmt":
+                (run / "last.pt").write_bytes(b"x")
+            else:
+                for step in (563, 100):  # the last step's is the trained model
+                    (run / f"model_step_{step}.pt").write_bytes(b"x")
+            done[tk] = {"train": {"log": str(run / "train.out"), "updates": 10 + r}}
+        rounds.append(done)
+    plan = peers.redecode_plan({"rounds": rounds})
+    assert [[tk for tk, _, _ in arms] for arms in plan] == [["nmt", "onmt"], ["onmt", "nmt"]]
+    assert plan[1][1][1] == {"log": str(tmp_path / "round2-nmt" / "train.out"), "updates": 11}
+    assert plan[0][0][2] == tmp_path / "round1-nmt" / "last.pt"
+    assert plan[0][1][2] == tmp_path / "round1-onmt" / "model_step_563.pt"
+    (tmp_path / "round2-nmt" / "last.pt").unlink()
+    with pytest.raises(SystemExit, match="round 2 nmt: no checkpoint"):
+        peers.redecode_plan({"rounds": rounds})

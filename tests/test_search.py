@@ -501,12 +501,44 @@ def test_top_extensions_equal_topk_over_all_candidates(
     alive = torch.randn(active, beam_size, generator=gen) * 3 - 5
     alive[0, 1:] = -math.inf  # first step: only beam 0 alive
     alive[1, :] = torch.tensor([-1.0] + [-math.inf] * (beam_size - 1))
-    got = search._top_extensions(log_probs, alive, chunk)
+    got = search._top_extensions(log_probs, alive, chunk=chunk)
     cand = (alive.unsqueeze(2) + log_probs.view(active, beam_size, vocab)).view(active, -1)
-    want = search._top_candidates(cand, beam_size, vocab)
+    want = search._top_candidates(cand, 2 * beam_size, vocab)
     assert torch.equal(got[0], want[0])
     # same candidates: each (beam, token) scores what the table says
     flat = got[1] * vocab + got[2]  # (A, 2K)
     assert torch.equal(cand.gather(1, flat), want[0])
     assert all(len(set(row)) == len(row) for row in flat.tolist())  # no candidate twice
     assert got[1].max() < beam_size and got[2].max() < vocab
+
+
+@pytest.mark.parametrize(("vocab", "width", "chunk"), [(8000, 10, 64), (1001, 8, 64), (50, 6, 7)])
+def test_first_step_top_extensions_of_one_row(vocab: int, width: int, chunk: int) -> None:
+    """The first step's one row per sentence (K = 1) gives the top 2K of its V extensions."""
+    gen = torch.Generator().manual_seed(vocab + 1)
+    active = 5
+    log_probs = torch.randn(active, vocab, generator=gen).log_softmax(dim=1)
+    log_probs[:, 3] = -math.inf  # a blocked eos
+    alive = torch.zeros(active, 1)
+    score, beam, token = search._top_extensions(log_probs, alive, width, chunk=chunk)
+    want = log_probs.topk(width, dim=1)
+    assert torch.equal(score, want.values)
+    assert torch.equal(log_probs.gather(1, token), score)  # the tokens score what they say
+    assert beam.eq(0).all()
+
+
+@pytest.mark.parametrize("min_len", [0, 1])
+@torch.inference_mode()
+def test_beam_wider_than_the_vocabulary_matches_reference(model: Seq2Seq, min_len: int) -> None:
+    """K > V: the first step has fewer candidates than beams (padded to 2K at -inf: alive
+    only where no real candidate is left, never finished); the search still equals the plain
+    reference, whose first step keeps only the real ones."""
+    beam_size = VOCAB + 3  # 23 beams, 20 tokens
+    src, lengths = make_src(SOURCES)
+    got = beam_search(
+        model, src, lengths, BOS, EOS, beam_size=beam_size, max_len_a=1.0, max_len_b=2,
+        min_len=min_len, nbest=beam_size,
+    )  # fmt: skip
+    for src_ids, hyps in zip(SOURCES, got, strict=True):
+        want = reference_beam(model, src_ids, beam_size, 1.0, a=1.0, b=2, min_len=min_len)
+        assert_same_hyps(hyps, want)

@@ -429,17 +429,41 @@ def train_arm(
     reports = parse_reports(text, toolkit)
     res["updates"] = reports[-1].update if reports else 0
     res["throughput"] = throughput(reports, args.warmup)
-    if toolkit == "nmt":
-        ckpt = run_dir / "last.pt"
-    else:
-        found = sorted(run_dir.glob("model_step_*.pt"), key=lambda p: p.stat().st_mtime)
-        ckpt = found[-1] if found else None
-    if res["rc"] != 0 or ckpt is None or not ckpt.exists():
+    ckpt = trained_checkpoint(toolkit, run_dir)
+    if res["rc"] != 0 or ckpt is None:
         res["error"] = f"exit status {res['rc']}; see {res['log']}"
         print(f"  {toolkit}: training failed: {res['error']}", file=sys.stderr)
         print("  " + "\n  ".join(text.splitlines()[-15:]), file=sys.stderr)
         return res, None
     return res, ckpt
+
+
+def trained_checkpoint(toolkit: str, run_dir: Path) -> Path | None:
+    """The checkpoint a training arm left in ``run_dir``: nmt's last.pt, OpenNMT-py's
+    model_step_N.pt of the largest N; None if there is none."""
+    if toolkit == "nmt":
+        ckpt = run_dir / "last.pt"
+        return ckpt if ckpt.exists() else None
+    steps = {int(m.group(1)): p for p in run_dir.glob("model_step_*.pt")
+             if (m := re.fullmatch(r"model_step_(\d+)\.pt", p.name))}  # fmt: skip
+    return steps[max(steps)] if steps else None
+
+
+def redecode_plan(report: dict[str, Any]) -> list[list[tuple[str, dict[str, Any], Path]]]:
+    """``--decode-from``: per round of an earlier report, in its alternating order, each
+    toolkit's training result and the checkpoint its run left (next to its training log)."""
+    plan = []
+    for r, done in enumerate(report["rounds"]):
+        order = [tk for tk in TOOLKITS if tk in done]
+        arms = []
+        for tk in order if r % 2 == 0 else order[::-1]:
+            train = done[tk]["train"]
+            ckpt = trained_checkpoint(tk, Path(train["log"]).parent)
+            if ckpt is None:
+                raise SystemExit(f"round {r + 1} {tk}: no checkpoint next to {train['log']}")
+            arms.append((tk, train, ckpt))
+        plan.append(arms)
+    return plan
 
 
 def bleu(hyp_pieces: list[str], refs: list[str], sp: Any) -> float:
@@ -598,6 +622,15 @@ def markdown(report: dict[str, Any]) -> str:
         f"nmt vs OpenNMT-py 3.5.1, {s['rounds']} rounds of {s['seconds']:.0f} s training per "
         f"toolkit (alternating), warm-up {s['warmup']:.0f} s excluded; {m['cpu']} "
         f"({m['cores']} cores), {s['threads']} threads, torch {m['torch']}, {report['date']}.",
+        *(
+            [
+                "",
+                f"Training rows: the run of {s['trained']}; decoding rows: its checkpoints "
+                f"decoded again on {report['date']} (`--decode-from {s['decode_from']}`).",
+            ]
+            if s.get("decode_from")
+            else []
+        ),
         "",
         f"Data: {report['data']['train_pairs']:,} training pairs of {report['data']['cache']}; "
         f"pieces used: {report['data']['pieces_used']['src']:,} source, "
@@ -674,11 +707,38 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     p.add_argument("--start-timeout", type=float, default=600.0, help="slack for start-up")
     p.add_argument("--out-json")
     p.add_argument("--out-md")
+    p.add_argument(
+        "--decode-from",
+        help="an earlier --out-json report: decode its runs' checkpoints again, no training",
+    )
     args = p.parse_args(argv)
+    if args.decode_from:  # the same data and training settings as that run
+        earlier = json.loads(Path(args.decode_from).read_text(encoding="utf-8"))["settings"]
+        args.nmt_max_tokens, args.work = earlier["nmt_max_tokens"], earlier["work"]
+        args.decode_sentences = earlier["decode_sentences"]
+        args.overrides = [o for o in earlier["nmt_overrides"] if o not in NMT_OVERRIDES]
+        args.overrides = [o for o in args.overrides if not o.startswith("trainer.max_tokens=")]
     overrides = [*NMT_OVERRIDES, f"trainer.max_tokens={args.nmt_max_tokens}", *args.overrides]
     if not any(o.startswith("tokenizer.target_vocab=") for o in overrides):
         overrides.append("tokenizer.target_vocab=used")  # like OpenNMT-py's vocabulary
     return args, overrides
+
+
+def redecode(args: argparse.Namespace, data: dict[str, Any], runs: Path) -> list[dict[str, Any]]:
+    """``--decode-from REPORT``: decode the checkpoints of that report's runs again (new
+    decoding code, a quieter machine), keeping its training results; same order, same data."""
+    earlier = json.loads(Path(args.decode_from).read_text(encoding="utf-8"))
+    rounds: list[dict[str, Any]] = []
+    for r, arms in enumerate(redecode_plan(earlier)):
+        this: dict[str, Any] = {}
+        for tk, train, ckpt in arms:
+            print(f"round {r + 1}: {tk} decoding {ckpt}", file=sys.stderr)
+            run_dir = runs / f"round{r + 1}-{tk}"
+            run_dir.mkdir(parents=True, exist_ok=True)
+            this[tk] = {"train": train, "decode": decode_arm(tk, args, data, ckpt, run_dir)}
+            print(f"  {json.dumps(this[tk]['decode'], default=str)}", file=sys.stderr)
+        rounds.append(this)
+    return rounds
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -687,7 +747,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"{args.onmt_python} missing: run scripts/peers/install_onmt.sh first")
     os.chdir(ROOT)  # nmt's data paths and cache are relative to the repository
     data = prepare_data(args, overrides)
-    if args.only != "nmt":
+    if args.only != "nmt" and not args.decode_from:
         args.onmt_batch = onmt_batching(args, data)
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
     runs = ROOT / args.work / "runs" / stamp
@@ -697,7 +757,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     toolkits = [args.only] if args.only else list(TOOLKITS)
     rounds: list[dict[str, Any]] = []
-    for r in range(args.rounds):
+    if args.decode_from:
+        rounds = redecode(args, data, runs)
+    for r in range(0 if args.decode_from else args.rounds):
         order = toolkits if r % 2 == 0 else toolkits[::-1]
         this: dict[str, Any] = {}
         for tk in order:
@@ -717,6 +779,12 @@ def main(argv: list[str] | None = None) -> None:
     }
     data["onmt_epoch"] = settings.pop("onmt_batch", None)
     settings["nmt_overrides"] = overrides
+    if args.decode_from:  # the training settings and figures are the earlier run's
+        earlier = json.loads(Path(args.decode_from).read_text(encoding="utf-8"))
+        for key in ("rounds", "seconds", "warmup", "log_every", "nmt_max_tokens", "nmt_overrides"):
+            settings[key] = earlier["settings"][key]
+        settings["trained"] = earlier["date"]
+        data["onmt_epoch"] = earlier["data"].get("onmt_epoch")
     report = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine(),
