@@ -42,6 +42,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from nmt.attention import Attention, Memory
 from nmt.dropout import Dropout, dropout
+from nmt.fused_step import FusedStepLSTM
 from nmt.lstm import (
     SharedWeight,
     layer_weights,
@@ -137,6 +138,16 @@ class Bridge(nn.Module):
         return h0.contiguous(), c0.contiguous()
 
 
+def fuse_decoders(model: nn.Module) -> nn.Module:
+    """Give every ``Decoder`` of ``model`` (a Seq2Seq or an Ensemble) a ``FusedStepLSTM`` for
+    decoding, in place: the same steps, faster on the CPU (nmt/fused_step.py). The model can
+    then decode but not train or be teacher-forced. Returns the model."""
+    for decoder in [m for m in model.modules() if isinstance(m, Decoder)]:
+        if isinstance(decoder.rnn, nn.LSTM):
+            setattr(decoder, "rnn", FusedStepLSTM(decoder.rnn, decoder.embedding))  # noqa: B010
+    return model
+
+
 class Decoder(nn.Module):
     """Multi-layer LSTM decoder with attention (see the module docstring for the equations)."""
 
@@ -205,6 +216,8 @@ class Decoder(nn.Module):
         fast path, the state run on over padding otherwise); they never influence the real
         positions before them.
         """
+        if isinstance(self.rnn, FusedStepLSTM):
+            self.rnn()  # raises: the int8 decoder only steps
         emb = self.dropout(self.embedding(tgt_in))  # (B, T, E)
         ours = uses_nmt(self.rnn_impl, tgt_in.device)
         if self.fast_path:
@@ -310,16 +323,19 @@ class Decoder(nn.Module):
     ) -> tuple[Tensor, DecoderState, Tensor]:
         """One incremental step: prev (B,) token ids -> (attentional state after dropout
         (B, Hd), new state, attention weights (B, S))."""
+        if isinstance(self.rnn, FusedStepLSTM):  # int8 decoding (nmt.quantize); eval only
+            return self._step(None, state, memory, prev)
         emb = self.dropout(self.embedding(prev))  # (B, E)
         att, state, weights = self._step(emb, state, memory)
         return self.dropout(att), state, weights
 
     def _step(
-        self, emb: Tensor, state: DecoderState, memory: Memory
+        self, emb: Tensor | None, state: DecoderState, memory: Memory, prev: Tensor | None = None
     ) -> tuple[Tensor, DecoderState, Tensor]:
         """emb (B, E) embedded (and dropped-out) input -> (att (B, Hd) before output dropout,
-        new state, weights (B, S))."""
-        inputs = [emb]
+        new state, weights (B, S)). With a ``FusedStepLSTM`` (int8) emb is None and the LSTM
+        embeds prev (B,) itself."""
+        inputs = [] if emb is None else [emb]
         if self.input_feeding:
             inputs.append(state.att)  # (B, Hd)
         attended: tuple[Tensor, Tensor] | None = None
@@ -327,11 +343,17 @@ class Decoder(nn.Module):
             query = state.h[-1][:, None, :]  # top layer (B, Hd) -> (B, 1, Hd)
             attended = self.attention(query, memory)  # (B, 1, Dv), (B, 1, S)
             inputs.append(attended[0][:, 0])  # (B, Dv)
-        x = torch.cat(inputs, dim=-1)  # (B, In)
-        if uses_nmt(self.rnn_impl, x.device) and not torch.is_grad_enabled():  # incremental
+        if isinstance(self.rnn, FusedStepLSTM):
+            assert prev is not None
+            rest = torch.cat(inputs, dim=-1) if inputs else None  # (B, In - E)
+            top, h, c = self.rnn.step(prev, rest, state.h, state.c)  # (Ld, B, Hd)
+            out = top[:, None, :]  # (B, 1, Hd)
+        elif uses_nmt(self.rnn_impl, state.h.device) and not torch.is_grad_enabled():
+            x = torch.cat(inputs, dim=-1)  # (B, In); incremental
             top, h, c = lstm_step(self.rnn, x, state.h, state.c, self.training)  # (Ld, B, Hd)
             out = top[:, None, :]  # (B, 1, Hd)
         else:
+            x = torch.cat(inputs, dim=-1)  # (B, In)
             out, (h, c) = torch_lstm(self.rnn, x[:, None, :], (state.h, state.c))  # (B, 1, Hd)
         att, weights = self._attend(out, memory, attended)  # (B, 1, Hd), (B, 1, S)
         att = att[:, 0]  # (B, Hd)

@@ -3,9 +3,10 @@
     .venv/bin/python scripts/int8_benchmark.py runs/default/best.pt \\
         --src data/lo.de-en/test.de --ref data/lo.de-en/test.en --threads 2 --repeats 3
 
-Variants: ``fp32`` (the model as trained; nmt's own LSTM on the CPU), ``int8-linear`` (the
-linear layers quantized, nmt's float LSTM kept) and ``int8`` (linear layers and LSTMs quantized,
-what ``quantize=int8`` does). Each variant translates the whole source file with each beam
+Variants, each loaded as ``nmt.translate`` loads it (``load_for_decoding``: on the CPU the
+decoder's LSTM fused for decoding, nmt/fused_step.py): ``fp32`` (float; nmt's own LSTM in the
+encoder), ``int8-linear`` (the linear layers quantized, the LSTMs float) and ``int8`` (linear
+layers and LSTMs quantized, what ``quantize=int8`` does). Each variant translates the whole source file with each beam
 for BLEU (sacrebleu, detokenised output), then the first ``--time-sentences`` lines
 ``--repeats`` times (SentencePiece included, as ``nmt-translate`` does); times are medians.
 The variants run interleaved (fp32, int8-linear, int8, fp32, ...) so that load changes on a
@@ -15,18 +16,35 @@ shared machine hit them alike. Prints a Markdown table, and JSON with ``--json F
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import time
+import warnings
 from dataclasses import replace
 
 import torch
+from torch import nn
 
 from nmt.checkpoint import load_model
 from nmt.config import DecodeConfig
 from nmt.metrics import score
 from nmt.quantize import quantize_model
-from nmt.translation import translate_lines
+from nmt.translation import load_for_decoding, translate_lines
+
+
+def torch_lstm_int8(model: nn.Module) -> nn.Module:
+    """``quantize=int8`` as it was before the fused decoder step: every nn.Linear int8 with a
+    scale per row, both LSTMs torch's dynamically quantized LSTM (a scale per matrix)."""
+    quant = torch.ao.quantization
+    spec = {nn.Linear: quant.per_channel_dynamic_qconfig, nn.LSTM: quant.default_dynamic_qconfig}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = quant.quantize_dynamic(copy.deepcopy(model), spec, dtype=torch.qint8, inplace=True)
+    for module in out.modules():
+        if hasattr(module, "rnn_impl"):
+            module.rnn_impl = "torch"
+    return out.eval()
 
 
 def main() -> None:
@@ -40,6 +58,12 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", help="write the results here")
+    p.add_argument(
+        "--before",
+        action="store_true",
+        help="also the variants from before the fused decoder step: fp32-unfused (nn.LSTM "
+        "parameters, nmt's step) and int8-torch-lstm (torch's quantized LSTM in the decoder)",
+    )
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     with open(args.src, encoding="utf-8") as f:
@@ -49,12 +73,15 @@ def main() -> None:
     if args.sentences:
         src, ref = src[: args.sentences], ref[: args.sentences]
     timed = src[: args.time_sentences]
-    fp32, tok, _ = load_model(args.ckpt, "cpu")
+    fp32, tok = load_for_decoding(args.ckpt, "cpu")  # as nmt.translate loads it
     models = {
         "fp32": fp32,
         "int8-linear": quantize_model(fp32, "int8", lstms=False),
         "int8": quantize_model(fp32, "int8"),
     }
+    if args.before:  # what nmt.translate ran before the decoder step was fused
+        plain = load_model(args.ckpt, "cpu")[0].eval()
+        models = {"fp32-unfused": plain, **models, "int8-torch-lstm": torch_lstm_int8(plain)}
     results = []
     for beam in [int(b) for b in args.beams.split(",")]:
         decode = replace(DecodeConfig(), beam_size=beam)

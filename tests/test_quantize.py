@@ -16,6 +16,7 @@ import torch
 from nmt import Translator
 from nmt.checkpoint import load_model
 from nmt.config import ConfigError, TranslateConfig
+from nmt.fused_step import FusedStepLSTM
 from nmt.quantize import quantize_model
 from nmt.translation import _make_src
 
@@ -74,7 +75,9 @@ def test_int8_step_is_close_to_fp32(model: tuple[Path, Path]) -> None:
     dynamic = torch.ao.nn.quantized.dynamic
     assert isinstance(int8.output, dynamic.Linear)  # type: ignore[attr-defined]
     assert isinstance(int8.encoder.rnn, dynamic.LSTM)  # type: ignore[attr-defined]
-    assert isinstance(int8.decoder.rnn, dynamic.LSTM)  # type: ignore[attr-defined]
+    assert isinstance(int8.decoder.rnn, FusedStepLSTM)  # one int8 matmul per layer and step
+    assert all(isinstance(m, dynamic.Linear) for m in int8.decoder.rnn.layers)  # type: ignore[attr-defined]
+    assert isinstance(fp32.decoder.rnn, torch.nn.LSTM)
     lines = (model[1] / "test.es").read_text(encoding="utf-8").splitlines()[:8]
     ids = sorted(tok.encode_src(lines), key=len, reverse=True)
     src, lengths = _make_src(ids, tok.pad_id, tok.eos_id, "cpu")
@@ -88,3 +91,20 @@ def test_int8_step_is_close_to_fp32(model: tuple[Path, Path]) -> None:
 def test_quantize_option_is_checked() -> None:
     with pytest.raises(ConfigError, match="quantize=int4: unknown value"):
         TranslateConfig(ckpt="x", quantize="int4")
+
+
+def test_quantizing_a_model_fused_for_decoding(model: tuple[Path, Path]) -> None:
+    """``load_for_decoding`` fuses the decoder on the CPU; quantizing that model gives the
+    same int8 layers as quantizing the float one, and ``lstms=False`` keeps the LSTMs float."""
+    from nmt.translation import load_for_decoding
+
+    fused, _ = load_for_decoding(str(model[0]), "cpu")
+    assert isinstance(fused.decoder.rnn, FusedStepLSTM)
+    assert not _quantized(fused)
+    dynamic = torch.ao.nn.quantized.dynamic
+    int8 = quantize_model(fused, "int8")
+    assert all(isinstance(m, dynamic.Linear) for m in int8.decoder.rnn.layers)  # type: ignore[attr-defined]
+    linear_only = quantize_model(fused, "int8", lstms=False)
+    assert all(type(m) is torch.nn.Linear for m in linear_only.decoder.rnn.layers)  # type: ignore[attr-defined]
+    assert isinstance(linear_only.output, dynamic.Linear)  # type: ignore[attr-defined]
+    assert type(linear_only.encoder.rnn) is torch.nn.LSTM

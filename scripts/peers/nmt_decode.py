@@ -5,6 +5,7 @@
 
 SRC holds raw source lines, encoded with the checkpoint's SentencePiece model (the peer
 benchmark gives OpenNMT-py the same ids as pieces, so both toolkits decode the same input).
+The model is loaded as ``nmt.translate`` loads it (``load_for_decoding``, malloc tuned).
 ``nmt.translation.translate_ids`` (what ``nmt.translate`` runs) translates the first 16 lines
 as a warm-up, then all lines ``--repeats`` times, each call timed (model loading and
 SentencePiece not timed; ``--quantize int8`` quantizes after loading, untimed, as
@@ -21,11 +22,10 @@ import time
 
 import torch
 
-from nmt.checkpoint import load_model
 from nmt.config import DecodeConfig
 from nmt.quantize import QUANTIZE_MODES, quantize_model
 from nmt.runtime import tune_malloc
-from nmt.translation import translate_ids
+from nmt.translation import load_for_decoding, translate_ids
 
 
 def main() -> None:
@@ -43,7 +43,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     tune_malloc()  # as nmt.translate does
     t0 = time.perf_counter()
-    model, tok, _ = load_model(args.ckpt, "cpu")
+    model, tok = load_for_decoding(args.ckpt, "cpu")  # as nmt.translate loads it
     model = quantize_model(model.eval(), args.quantize)
     load_s = time.perf_counter() - t0
     with open(args.src, encoding="utf-8") as f:
