@@ -1,4 +1,4 @@
-"""The decoder's LSTM rearranged for incremental decoding: int8 inference (``nmt.quantize``).
+"""The decoder's LSTM rearranged for incremental decoding on the CPU, fp32 and int8.
 
 ``FusedStepLSTM(lstm, embedding)`` copies a unidirectional ``nn.LSTM`` whose bottom layer's
 input starts with the embedding of the previous token (the decoder's ``[embed(y); rest]``).
@@ -23,8 +23,11 @@ less work:
   cell's ``tanh(c)`` is computed the same way (torch's CPU tanh costs about twice a sigmoid
   per element).
 
-Measured in docs/benchmarks.md ("The int8 decoder step, fused"). The copy serves incremental
-steps only, in eval mode: no dropout, no teacher forcing, no gradients.
+``nmt.translation.load_for_decoding`` fuses the decoders of models it loads on the CPU
+(``nmt.decoder.fuse_decoders``), and ``nmt.quantize`` quantizes the fused layers for
+``quantize=int8``. Measured in docs/benchmarks.md ("The decoder step, fused (fp32 and int8)").
+The copy serves incremental steps only, in eval mode: no dropout, no teacher forcing, no
+gradients.
 """
 
 from __future__ import annotations

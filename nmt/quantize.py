@@ -17,7 +17,7 @@ The LSTMs (``lstms=True``, the default):
   table, one sigmoid for the four gates; its linear layers are then quantized like the others
   (one int8 matmul per layer and step, a scale per gate row). On 500 dev sentences with the
   reference model this decodes beam 5 in about 0.9 of the time torch's quantized LSTM takes
-  (docs/benchmarks.md, "The int8 decoder step, fused").
+  (docs/benchmarks.md, "The decoder step, fused (fp32 and int8)").
 
 The measurements behind these choices are in docs/benchmarks.md ("int8 on the CPU").
 
