@@ -217,7 +217,7 @@ class Decoder(nn.Module):
         positions before them.
         """
         if isinstance(self.rnn, FusedStepLSTM):
-            self.rnn()  # raises: the int8 decoder only steps
+            self.rnn()  # raises: a decoder fused for decoding only steps
         emb = self.dropout(self.embedding(tgt_in))  # (B, T, E)
         ours = uses_nmt(self.rnn_impl, tgt_in.device)
         if self.fast_path:
@@ -323,7 +323,7 @@ class Decoder(nn.Module):
     ) -> tuple[Tensor, DecoderState, Tensor]:
         """One incremental step: prev (B,) token ids -> (attentional state after dropout
         (B, Hd), new state, attention weights (B, S))."""
-        if isinstance(self.rnn, FusedStepLSTM):  # int8 decoding (nmt.quantize); eval only
+        if isinstance(self.rnn, FusedStepLSTM):  # fused for decoding (fuse_decoders); eval only
             return self._step(None, state, memory, prev)
         emb = self.dropout(self.embedding(prev))  # (B, E)
         att, state, weights = self._step(emb, state, memory)
@@ -333,8 +333,8 @@ class Decoder(nn.Module):
         self, emb: Tensor | None, state: DecoderState, memory: Memory, prev: Tensor | None = None
     ) -> tuple[Tensor, DecoderState, Tensor]:
         """emb (B, E) embedded (and dropped-out) input -> (att (B, Hd) before output dropout,
-        new state, weights (B, S)). With a ``FusedStepLSTM`` (int8) emb is None and the LSTM
-        embeds prev (B,) itself."""
+        new state, weights (B, S)). With a ``FusedStepLSTM`` (``fuse_decoders``) emb is None
+        and the LSTM embeds prev (B,) itself."""
         inputs = [] if emb is None else [emb]
         if self.input_feeding:
             inputs.append(state.att)  # (B, Hd)

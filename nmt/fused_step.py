@@ -14,14 +14,16 @@ less work:
 - **The embedding's share of the bottom layer is a table look-up.** ``embed(y) @ W_ih[:, :E].T
   + b_ih + b_hh`` depends on the token only, so it is precomputed for every target token as a
   (V, 4H) float32 table (exact, not quantized) and layer 0 multiplies only ``[rest; h_0]``:
-  E of its E + R + H input columns (256 of 1,280 in the reference model, 256 of 768 in the
-  default one) leave the matmul. The table is built only while it stays under ``TABLE_MB``
-  (37 MB for the reference model's 4,546 target pieces; a 32k vocabulary with 1,024 units
-  would take 512 MB): otherwise the embedding joins the matmul's input.
+  E of its E + R + H input columns (256 of 1,280 in the reference model, 256 of 512 in
+  ``make train``'s) leave the matmul. The table is built only while it stays under ``TABLE_MB``
+  MiB (35.5 MiB for the reference model's 4,546 target pieces, 31.3 MiB for ``make train``'s
+  8,000 pieces and 256 units; a 32k vocabulary with 1,024 units would take 500 MiB):
+  otherwise the embedding joins the matmul's input.
 - **One sigmoid for the four gates.** The g gate's rows of the weights, bias and table are
   doubled, so ``tanh(g) = 2 sigmoid(2 g) - 1`` comes out of the sigmoid over all 4H gates; the
-  cell's ``tanh(c)`` is computed the same way (torch's CPU tanh costs about twice a sigmoid
-  per element).
+  cell's ``tanh(c)`` is computed the same way (torch's CPU tanh costs about 2.4 times a
+  sigmoid per element here). The result equals the LSTM's to float rounding (tested to 1e-5),
+  not bit for bit.
 
 ``nmt.translation.load_for_decoding`` fuses the decoders of models it loads on the CPU
 (``nmt.decoder.fuse_decoders``), and ``nmt.quantize`` quantizes the fused layers for
@@ -37,7 +39,7 @@ from torch import Tensor, nn
 
 from nmt.lstm import layer_weights
 
-TABLE_MB = 64.0  # the largest (V, 4H) float32 table built for the bottom layer's embedding part
+TABLE_MB = 64.0  # MiB: the largest (V, 4H) float32 table of the bottom layer's embedding part
 
 
 class FusedStepLSTM(nn.Module):
@@ -104,8 +106,9 @@ class FusedStepLSTM(nn.Module):
 
     def forward(self, *args: object) -> None:
         raise RuntimeError(
-            "the int8 decoder's LSTM runs incremental decoding steps only; teacher forcing "
-            "(training, scoring given targets) needs the float model"
+            "this model was prepared for decoding (its decoder's LSTM fused, nmt/fused_step.py) "
+            "and runs incremental steps only; to train it or score given targets, load it with "
+            "nmt.checkpoint.load_model"
         )
 
 

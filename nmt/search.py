@@ -25,10 +25,10 @@ Beam layout: batch-major; row ``a * K + k`` of the decoder state is beam ``k`` o
 sentence ``a``; the memory keeps one row per active sentence, shared by its K beams (see
 ``Attention.forward``). The K beams of a sentence start identical, so the first step runs one
 row per sentence (the state as the encoder left it) and its top 2K extensions become the
-K-row layout: at K = 5 the first, largest, step costs a fifth. A step expands every alive beam by the whole vocabulary, takes the top
-2K of the K*V candidates per sentence (``_top_extensions``), sets aside eos candidates that
-rank among the top K as finished, and keeps the best K non-eos candidates alive (as in
-fairseq). A sentence is done when it has K
+K-row layout: at K = 5 the first, largest, step costs a fifth. A step expands every alive
+beam by the whole vocabulary, takes the top 2K of the K*V candidates per sentence
+(``_top_extensions``), sets aside eos candidates that rank among the top K as finished, and
+keeps the best K non-eos candidates alive (as in fairseq). A sentence is done when it has K
 finished hypotheses, or its alive hypotheses reach the maximum length (they are then finished
 as they are), or (``early_stop``, the default) no alive hypothesis can still reach the n-th
 best finished score: log-probabilities only fall as a hypothesis grows, so an alive hypothesis
@@ -294,7 +294,7 @@ def _top_candidates(cand: Tensor, width: int, vocab: int) -> tuple[Tensor, Tenso
     """Top W of (A, K*V) -> (scores (A, W), source beam (A, W), token (A, W)), best first;
     W = min(width, K*V)."""
     k = min(width, cand.size(1))
-    scores, flat = cand.topk(k, dim=1, largest=True, sorted=True)  # (A, 2K)
+    scores, flat = cand.topk(k, dim=1, largest=True, sorted=True)  # (A, W)
     return scores, torch.div(flat, vocab, rounding_mode="floor"), flat % vocab
 
 
@@ -388,10 +388,11 @@ def _reorder(state: Any, beams: Tensor, rows: int) -> Any:
     return state.index_select((base + beams).view(-1))  # (A, K) -> (A*K,)
 
 
-def _prune_rows(keep: Tensor, beam_size: int) -> Tensor:
-    """Tiled rows of kept sentences: keep (A',) sentence positions -> (A'*K,) row indices."""
-    offsets = torch.arange(beam_size, device=keep.device)  # (K,)
-    return (keep.unsqueeze(1) * beam_size + offsets).view(-1)  # (A', K) -> (A'*K,)
+def _prune_rows(keep: Tensor, rows: int) -> Tensor:
+    """State rows of kept sentences, ``rows`` per sentence (K, or 1 before the first step):
+    keep (A',) sentence positions -> (A'*R,) row indices."""
+    offsets = torch.arange(rows, device=keep.device)  # (R,)
+    return (keep.unsqueeze(1) * rows + offsets).view(-1)  # (A', R) -> (A'*R,)
 
 
 def _finalize(fin: _Finished, nbest: int) -> list[list[Hypothesis]]:

@@ -56,7 +56,9 @@ class Translator:
         """``path``: a checkpoint, or a list of them (an ensemble sharing one vocabulary).
         ``quantize``: ``none`` or ``int8`` (CPU; see nmt/quantize.py).
         ``decode``: any ``DecodeConfig`` field (beam_size, nbest, length_penalty, max_len_a,
-        max_len_b, min_len, max_tokens)."""
+        max_len_b, min_len, max_tokens). On the CPU ``.model`` has its decoder fused for
+        decoding (nmt/fused_step.py): it translates; to train or score given targets, load
+        the checkpoint with ``nmt.checkpoint.load_model``."""
         spec = ",".join(map(str, path)) if isinstance(path, list) else str(path)
         dev = pick_device("cpu" if quantize != "none" and device == "auto" else device)
         model, tokenizer = load_for_decoding(spec, dev)

@@ -1,5 +1,6 @@
-"""The fused decoder LSTM of int8 decoding (nmt/fused_step.py), in float: the same steps as
-the decoder it was made from, with and without the embedding table, for every wiring."""
+"""The decoder LSTM fused for decoding (nmt/fused_step.py), in float: the same steps as the
+decoder it was made from, with and without the embedding table, for every wiring, and the
+same beam search results as the unfused model."""
 
 from __future__ import annotations
 
@@ -11,9 +12,13 @@ import pytest
 import torch
 
 import nmt.fused_step as fused_step
-from nmt.decoder import Decoder
+from nmt.config import ModelConfig
+from nmt.decoder import Decoder, fuse_decoders
+from nmt.ensemble import Ensemble
 from nmt.fused_step import FusedStepLSTM
 from nmt.lstm import lstm_step
+from nmt.model import build_model
+from nmt.search import beam_search
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_decoder import make_decoder, make_inputs  # noqa: E402
@@ -81,5 +86,40 @@ def test_table_only_under_its_bound(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_teacher_forcing_is_refused() -> None:
     decoder = fused(make_decoder("general", True), table=True)
     tgt_in, state, memory = make_inputs(decoder)
-    with pytest.raises(RuntimeError, match="incremental decoding steps only"):
+    with pytest.raises(RuntimeError, match="prepared for decoding.*load_model"):
         decoder(tgt_in, state, memory)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"input_feeding": True, "dec_layers": 2, "tie_output": True},
+        {"attention": "bahdanau", "tie_embeddings": True},
+        {"attention": "dot", "dec_hidden": 32, "enc_hidden": 16},
+    ],
+)
+@torch.inference_mode()
+def test_beam_search_of_a_fused_model_equals_the_unfused(changes: dict[str, object]) -> None:
+    """Whole searches, single models and an ensemble of two: fusing changes no hypothesis
+    (tied output and tied embeddings included)."""
+    cfg = ModelConfig(emb_size=8, enc_hidden=8, enc_layers=1, dec_hidden=8, dec_layers=1)
+    for key, value in changes.items():
+        setattr(cfg, key, value)
+    torch.manual_seed(3)
+    models = [build_model(cfg, 30, 30, 0).eval() for _ in range(2)]
+    gen = torch.Generator().manual_seed(4)
+    lengths = torch.tensor([7, 3, 5, 1])
+    src = torch.zeros(4, 7, dtype=torch.long)
+    for row, n in enumerate(lengths.tolist()):
+        src[row, : n - 1] = torch.randint(4, 30, (n - 1,), generator=gen)
+        src[row, n - 1] = 3  # eos
+    for plain in (models[0], Ensemble(models).eval()):
+        fused = fuse_decoders(copy.deepcopy(plain))
+        assert all(
+            isinstance(m.rnn, FusedStepLSTM) for m in fused.modules() if isinstance(m, Decoder)
+        )
+        want = beam_search(plain, src, lengths, 2, 3, beam_size=4, nbest=4, max_len_b=6)
+        got = beam_search(fused, src, lengths, 2, 3, beam_size=4, nbest=4, max_len_b=6)
+        for a, b in zip(want, got, strict=True):
+            assert [h.tokens for h in b] == [h.tokens for h in a]
+            assert [h.score for h in b] == pytest.approx([h.score for h in a], abs=1e-5)

@@ -457,13 +457,27 @@ class CountingModel:
     def __init__(self, model: Seq2Seq) -> None:
         self.model = model
         self.rows = 0
+        self.per_step: list[int] = []
 
     def encode(self, src: Tensor, src_lengths: Tensor) -> Any:
         return self.model.encode(src, src_lengths)
 
     def step(self, prev: Tensor, state: Any, memory: Any) -> Any:
         self.rows += prev.numel()
+        self.per_step.append(prev.numel())
         return self.model.step(prev, state, memory)
+
+
+@torch.inference_mode()
+def test_first_step_runs_one_row_per_sentence(model: Seq2Seq) -> None:
+    """The K beams of a sentence start identical: the first step runs B rows, then K per
+    active sentence."""
+    src, lengths = make_src(SOURCES)
+    counting = CountingModel(model)
+    beam_search(counting, src, lengths, BOS, EOS, beam_size=4)  # type: ignore[arg-type]
+    assert counting.per_step[0] == len(SOURCES)
+    assert all(rows % 4 == 0 for rows in counting.per_step[1:])
+    assert counting.per_step[1] == 4 * len(SOURCES)
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.6, 1.0])

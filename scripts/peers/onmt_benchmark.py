@@ -709,9 +709,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     p.add_argument("--out-md")
     p.add_argument(
         "--decode-from",
-        help="an earlier --out-json report: decode its runs' checkpoints again, no training",
+        help="an earlier --out-json report: decode its runs' checkpoints again, no training "
+        "(its data and training settings; the --decode-* and --threads options of this call)",
     )
     args = p.parse_args(argv)
+    if args.decode_from and (args.only or args.overrides):
+        p.error("--decode-from decodes every toolkit of that report with its own settings; "
+                "--only and nmt overrides do not apply")  # fmt: skip
     if args.decode_from:  # the same data and training settings as that run
         earlier = json.loads(Path(args.decode_from).read_text(encoding="utf-8"))["settings"]
         args.nmt_max_tokens, args.work = earlier["nmt_max_tokens"], earlier["work"]
