@@ -331,9 +331,8 @@ def section_resume(chk: Check) -> dict[str, Any]:
 
 
 def section_translations(chk: Check) -> dict[str, Any]:
-    from nmt.checkpoint import load_model
     from nmt.config import DecodeConfig
-    from nmt.translation import translate_lines
+    from nmt.translation import load_for_decoding, translate_lines
 
     ckpt = chk.shared.get("fp32_checkpoint")
     if ckpt is None:
@@ -345,9 +344,9 @@ def section_translations(chk: Check) -> dict[str, Any]:
     for name, beam in (("greedy", 1), ("beam5", 5)):
         decode = DecodeConfig(beam_size=beam)
         hyps = {}
-        for dev in ("cpu", str(chk.device)):
-            model, tok, _ = load_model(ckpt, dev)
-            hyps[dev] = translate_lines(model.eval(), tok, lines, decode, dev)
+        for dev in ("cpu", str(chk.device)):  # as nmt.translate loads: fused on the CPU
+            model, tok = load_for_decoding(str(ckpt), dev)
+            hyps[dev] = translate_lines(model, tok, lines, decode, dev)
         cpu, gpu = hyps["cpu"], hyps[str(chk.device)]
         same = sum(a[0].tokens == b[0].tokens for a, b in zip(cpu, gpu, strict=True))
         score_diff = max(abs(a[0].score - b[0].score) for a, b in zip(cpu, gpu, strict=True))
