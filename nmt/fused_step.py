@@ -52,8 +52,6 @@ class FusedStepLSTM(nn.Module):
         if lstm.bidirectional or lstm.proj_size:
             raise ValueError("FusedStepLSTM: a unidirectional LSTM without projection")
         hidden, emb = lstm.hidden_size, embedding.embedding_dim
-        self.hidden_size = hidden
-        self.num_layers = lstm.num_layers
         self.embedding = embedding
         gain = torch.ones(4 * hidden)
         gain[2 * hidden : 3 * hidden] = 2.0  # the g gate: tanh(x) = 2 sigmoid(2x) - 1

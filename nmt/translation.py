@@ -264,7 +264,7 @@ def load_for_decoding(
     loaded = [load_model(p, device)[:2] for p in paths]
     if torch.device(device).type == "cpu":
         for model, _ in loaded:
-            fuse_decoders(model.eval())
+            fuse_decoders(model)  # load_model gives it in eval mode
     if len(loaded) == 1:
         return loaded[0]
     tokenizer = loaded[0][1]

@@ -716,8 +716,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     if args.decode_from and (args.only or args.overrides):
         p.error("--decode-from decodes every toolkit of that report with its own settings; "
                 "--only and nmt overrides do not apply")  # fmt: skip
+    args.earlier = None  # the --decode-from report, read once
     if args.decode_from:  # the same data and training settings as that run
-        earlier = json.loads(Path(args.decode_from).read_text(encoding="utf-8"))["settings"]
+        args.earlier = json.loads(Path(args.decode_from).read_text(encoding="utf-8"))
+        earlier = args.earlier["settings"]
         args.nmt_max_tokens, args.work = earlier["nmt_max_tokens"], earlier["work"]
         args.decode_sentences = earlier["decode_sentences"]
         args.overrides = [o for o in earlier["nmt_overrides"] if o not in NMT_OVERRIDES]
@@ -731,9 +733,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
 def redecode(args: argparse.Namespace, data: dict[str, Any], runs: Path) -> list[dict[str, Any]]:
     """``--decode-from REPORT``: decode the checkpoints of that report's runs again (new
     decoding code, a quieter machine), keeping its training results; same order, same data."""
-    earlier = json.loads(Path(args.decode_from).read_text(encoding="utf-8"))
     rounds: list[dict[str, Any]] = []
-    for r, arms in enumerate(redecode_plan(earlier)):
+    for r, arms in enumerate(redecode_plan(args.earlier)):
         this: dict[str, Any] = {}
         for tk, train, ckpt in arms:
             print(f"round {r + 1}: {tk} decoding {ckpt}", file=sys.stderr)
@@ -779,12 +780,14 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  {json.dumps(this[tk], default=str)}", file=sys.stderr)
         rounds.append(this)
     settings = {
-        k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "overrides"
+        k: (str(v) if isinstance(v, Path) else v)
+        for k, v in vars(args).items()
+        if k not in ("overrides", "earlier")
     }
     data["onmt_epoch"] = settings.pop("onmt_batch", None)
     settings["nmt_overrides"] = overrides
-    if args.decode_from:  # the training settings and figures are the earlier run's
-        earlier = json.loads(Path(args.decode_from).read_text(encoding="utf-8"))
+    if args.earlier is not None:  # the training settings and figures are the earlier run's
+        earlier = args.earlier
         for key in ("rounds", "seconds", "warmup", "log_every", "nmt_max_tokens", "nmt_overrides"):
             settings[key] = earlier["settings"][key]
         settings["trained"] = earlier["date"]
